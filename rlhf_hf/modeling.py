@@ -1,0 +1,159 @@
+"""Loading models and tokenizers for every stage: one place for dtype, bitsandbytes, LoRA and tokenizer fixes.
+
+Everything goes through `from_pretrained` on a Hub id or a local dir; `rlhf-hf/tiny` names the embedded default.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from peft import LoraConfig, TaskType, prepare_model_for_kbit_training
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from trl import ModelConfig
+from trl.trainer.utils import get_peft_config, get_quantization_config
+
+from .tiny.model import TINY_MODEL_ID, get_tiny_base
+
+logger = logging.getLogger(__name__)
+
+# For tokenizers that ship without a chat template. Plain-text role headers (no new tokens, so no embedding
+# resize), eos closes every turn so generation stops after the assistant's, and `{% generation %}` markers
+# let TRL build the assistant-only loss mask.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '### ' + message['role'] + ':\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- generation %}{{- message['content'] + eos_token }}{%- endgeneration %}"
+    "{%- else %}{{- message['content'] + eos_token }}{%- endif %}"
+    "{{- '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '### assistant:\\n' }}{%- endif %}"
+)
+# Existing tokens that make a good pad when a tokenizer has none (or pads with eos), tried in order.
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the embedded default's id to its cached local dir; anything else is passed to `from_pretrained`."""
+    return str(get_tiny_base()) if name_or_path == TINY_MODEL_ID else name_or_path
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Pad distinct from eos where the vocabulary allows it, left padding, a chat template if there is none.
+
+    A pad equal to eos makes "first pad" ambiguous with "end of answer"; we avoid it without adding tokens,
+    since a new token would need an embedding resize (and a trained embedding row) in every stage.
+    """
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        vocab = tokenizer.get_vocab()
+        pad = next((t for t in PAD_CANDIDATES if t in vocab and vocab[t] != tokenizer.eos_token_id), None)
+        if pad is not None:
+            tokenizer.pad_token = pad
+        elif tokenizer.pad_token is None:
+            logger.warning("No pad token distinct from eos in the vocabulary: padding with eos.")
+            tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation appends on the right; training collators pad as they need
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_tokenizer(
+    name_or_path: str, *, revision: str = "main", trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(name_or_path), revision=revision, trust_remote_code=trust_remote_code
+    )
+    return prepare_tokenizer(tokenizer)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype or "auto"
+    return getattr(torch, dtype)
+
+
+def model_kwargs(model_config: ModelConfig, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """`from_pretrained` kwargs from a `trl.ModelConfig`: dtype, attention, revision and bitsandbytes."""
+    kwargs: dict[str, Any] = {
+        "revision": model_config.model_revision,
+        "dtype": resolve_dtype(model_config.dtype),
+        "trust_remote_code": trust_remote_code,
+    }
+    if model_config.attn_implementation:
+        kwargs["attn_implementation"] = model_config.attn_implementation
+    quantization = get_quantization_config(model_config)
+    if quantization is not None:
+        if model_config.load_in_4bit and not isinstance(kwargs["dtype"], torch.dtype):
+            quantization.bnb_4bit_compute_dtype = torch.float32
+        kwargs["quantization_config"] = quantization
+        # k-bit weights cannot be moved after loading: place them on this process's device right away.
+        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        kwargs["device_map"] = {"": device}
+    return kwargs
+
+
+def is_quantized(model_config: ModelConfig) -> bool:
+    return bool(model_config.load_in_8bit or model_config.load_in_4bit)
+
+
+def _finish(
+    model: PreTrainedModel, model_config: ModelConfig, gradient_checkpointing: bool
+) -> PreTrainedModel:
+    if is_quantized(model_config):
+        # Casts norms to fp32 and enables input grads so LoRA on a frozen k-bit base trains stably.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def load_causal_lm(
+    model_config: ModelConfig, *, trust_remote_code: bool = False, gradient_checkpointing: bool = False
+) -> PreTrainedModel:
+    """A causal LM from a Hub id or local dir, in the dtype / bit width the config asks for."""
+    path = resolve_model_path(model_config.model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, **model_kwargs(model_config, trust_remote_code=trust_remote_code)
+    )
+    return _finish(model, model_config, gradient_checkpointing)
+
+
+def load_sequence_classifier(
+    model_config: ModelConfig,
+    *,
+    pad_token_id: int,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """A scalar-output (num_labels=1) classifier, e.g. a reward model initialised from the SFT model.
+
+    `pad_token_id` must be set: the classifier pools the last non-pad token of each row.
+    """
+    path = resolve_model_path(model_config.model_name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, **model_kwargs(model_config, trust_remote_code=trust_remote_code)
+    )
+    model.config.pad_token_id = pad_token_id
+    return _finish(model, model_config, gradient_checkpointing)
+
+
+def lora_config(
+    model_config: ModelConfig, task_type: TaskType | str = TaskType.CAUSAL_LM
+) -> LoraConfig | None:
+    """TRL's LoRA config from the ModelConfig, defaulting to all linear layers; the score head trains in full."""
+    if not model_config.use_peft:
+        return None
+    config = get_peft_config(model_config)
+    config.task_type = TaskType(task_type)
+    if config.target_modules is None:
+        config.target_modules = "all-linear"
+    if config.task_type == TaskType.SEQ_CLS and not config.modules_to_save:
+        config.modules_to_save = ["score"]
+    return config

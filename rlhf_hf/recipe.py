@@ -1,0 +1,140 @@
+"""What every stage shares: the config mixin, YAML/CLI parsing with TRL's `TrlParser`, and the Recipe shape.
+
+A stage's config is ONE flat dataclass: `RecipeArgs` + the stage's TRL/transformers `TrainingArguments` subclass
++ `trl.ModelConfig`, so a YAML file reads like a TRL script's and unknown keys are rejected by the parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+import yaml
+from trl import ModelConfig, TrlParser
+
+
+@dataclass
+class RecipeArgs:
+    """Fields every recipe adds on top of TRL's configs (dataset selection, output-dir safety)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id, a local dir/file (json, jsonl, parquet, csv), or an embedded `rlhf-hf/...` id."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset config (subset) name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default="test",
+        metadata={"help": "Split to evaluate on; if the dataset lacks it, `eval_fraction` is held out."},
+    )
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "Held-out fraction when there is no test split."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into a non-empty output dir (its contents are replaced)."},
+    )
+
+    def __post_init__(self) -> None:
+        # TRL defaults bf16 to True, which refuses to start on a machine without bf16 (e.g. CPU CI): pick per device.
+        if getattr(self, "bf16", None) is None and not getattr(self, "fp16", False):
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if isinstance(self, ModelConfig):
+            ModelConfig.__post_init__(self)
+        super().__post_init__()  # the stage's TrainingArguments subclass
+
+
+@dataclass
+class RecipeResult:
+    output_dir: str
+    metrics: dict[str, Any]
+
+
+def _as_cli(overrides: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in overrides.items():
+        args.append(f"--{key}")
+        if isinstance(value, list | tuple):
+            args.extend(str(v) for v in value)
+        elif isinstance(value, dict):
+            args.append(json.dumps(value))
+        else:
+            args.append(str(value))
+    return args
+
+
+class Recipe:
+    """One stage of the pipeline: `Recipe(config).run()` trains and writes `config.output_dir`."""
+
+    config_class: ClassVar[type]
+    name: ClassVar[str]
+
+    def __init__(self, config: Any) -> None:
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def parse_args(cls, args: list[str] | None = None) -> Any:
+        """YAML (`--config file`) + CLI flags into the config; unknown keys raise, naming the key."""
+        parser = TrlParser(dataclass_types=[cls.config_class])
+        try:
+            (config,) = parser.parse_args_and_config(args)
+        except ValueError as err:
+            if "Unknown arguments" in str(err):
+                raise ValueError(f"{cls.name} config: {err}") from None
+            raise
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> Self:
+        """`Recipe.from_yaml("sft.yaml", learning_rate=1e-4)`: keyword overrides beat the file, like CLI flags."""
+        with open(path) as f:
+            keys = yaml.safe_load(f) or {}
+        known = {f.name for f in dataclasses.fields(cls.config_class)} | {"env"}
+        unknown = sorted((set(keys) | set(overrides)) - known)
+        if unknown:
+            raise ValueError(f"{cls.name} config {path}: unknown key(s) {unknown}")
+        return cls(cls.parse_args(["--config", str(path), *_as_cli(overrides)]))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """Build from a mapping (e.g. one stage of a pipeline YAML); unknown keys raise."""
+        known = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{cls.name} config: unknown key(s) {unknown}")
+        return cls(cls.config_class(**values))
+
+    # ---------------------------------------------------------------- running
+    def run(self) -> RecipeResult:
+        raise NotImplementedError
+
+    def check_output_dir(self) -> Path:
+        """Refuse to write into a non-empty output dir unless overwriting or resuming was asked for."""
+        out = Path(self.config.output_dir)
+        resuming = bool(getattr(self.config, "resume_from_checkpoint", None))
+        if out.exists() and any(out.iterdir()) and not resuming:
+            if not self.config.overwrite_output_dir:
+                raise FileExistsError(
+                    f"Output dir {out} exists and is not empty; set `overwrite_output_dir: true` to replace it "
+                    "or `resume_from_checkpoint` to continue it."
+                )
+            shutil.rmtree(out)
+        return out
+
+    @staticmethod
+    def write_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))

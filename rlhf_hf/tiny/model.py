@@ -1,0 +1,196 @@
+"""The embedded default model: a tiny Llama, a word-level tokenizer built in code, and a cached pretraining run.
+
+Everything here is deterministic and offline, so tests, the demo and notebooks need no Hub access. The model id
+`rlhf-hf/tiny` resolves to the pretrained base in a local cache directory, built on first use (~30 s on CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .task import CORPUS_WORDS, DEFAULT_TASK, DIGITS, INSTRUCTIONS
+
+logger = logging.getLogger(__name__)
+
+TINY_MODEL_ID = "rlhf-hf/tiny"
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+# Extra plain words so the tokenizer can encode short free text (system prompts, notebooks) without <unk> spam.
+EXTRA_WORDS = [
+    "please",
+    "the",
+    "these",
+    "a",
+    "you",
+    "are",
+    "helpful",
+    "assistant",
+    "answer",
+    "with",
+    "only",
+    ",",
+]
+
+# Chat template with `{% generation %}` markers so TRL can compute an assistant-only loss mask. Every turn ends
+# with <|end|>, which is also the eos token: generation stops at the end of the assistant's turn.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|assistant|> ' }}{%- generation %}{{- message['content'] + ' <|end|>' }}{%- endgeneration %}{{- ' ' }}"
+    "{%- else %}"
+    "{{- '<|' + message['role'] + '|> ' + message['content'] + ' <|end|> ' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>' }}{%- endif %}"
+)
+
+# ~1.9 M parameters: big enough to learn the task on CPU in seconds, small enough to train in tests.
+TINY_CONFIG = dict(
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=128,
+    rope_theta=10000.0,
+    tie_word_embeddings=True,
+)
+PRETRAIN_SETTINGS = dict(n_lines=20000, steps=400, batch_size=64, lr=3e-3, seed=0)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the task's closed vocabulary, with a chat template; rebuilt identically."""
+    vocab_list = SPECIAL_TOKENS + DIGITS + INSTRUCTIONS + CORPUS_WORDS + EXTRA_WORDS
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<|end|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+        padding_side="left",
+        model_max_length=TINY_CONFIG["max_position_embeddings"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised tiny Llama matching `build_tokenizer()`."""
+    tokenizer = tokenizer or build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY_CONFIG,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def cache_dir() -> Path:
+    """Where the pretrained tiny base lives: $RLHF_HF_CACHE, else ~/.cache/rlhf_hf."""
+    return Path(os.environ.get("RLHF_HF_CACHE", Path.home() / ".cache" / "rlhf_hf"))
+
+
+def _fingerprint() -> str:
+    """Changes whenever anything that determines the pretrained weights changes, so stale caches are rebuilt."""
+    spec = json.dumps(
+        {
+            "config": TINY_CONFIG,
+            "pretrain": PRETRAIN_SETTINGS,
+            "vocab": build_tokenizer().get_vocab(),
+            "task": repr(DEFAULT_TASK),
+            "template": CHAT_TEMPLATE,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def pretrain_tiny_base(output_dir: str | Path, *, steps: int | None = None, seed: int | None = None) -> Path:
+    """Plain next-token training of the tiny Llama on the task corpus; saves model + tokenizer to `output_dir`.
+
+    Uses `transformers.Trainer` so the run looks like any other HF pretraining job.
+    """
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    settings = {
+        **PRETRAIN_SETTINGS,
+        **({"steps": steps} if steps else {}),
+        **({"seed": seed} if seed else {}),
+    }
+    tokenizer = build_tokenizer()
+    model = build_tiny_model(tokenizer, seed=settings["seed"])
+    lines = DEFAULT_TASK.corpus(settings["n_lines"], seed=settings["seed"])
+    data = Dataset.from_dict({"text": lines}).map(
+        lambda b: tokenizer([tokenizer.bos_token + " " + t + " " + tokenizer.eos_token for t in b["text"]]),
+        batched=True,
+        remove_columns=["text"],
+    )
+    tokenizer.padding_side = "right"  # collator pads; labels mask the padding
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            max_steps=settings["steps"],
+            per_device_train_batch_size=settings["batch_size"],
+            learning_rate=settings["lr"],
+            lr_scheduler_type="cosine",
+            warmup_steps=30,
+            weight_decay=0.0,
+            logging_steps=100,
+            save_strategy="no",
+            report_to=[],
+            seed=settings["seed"],
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        )
+        trainer.train()
+    tokenizer.padding_side = "left"
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def get_tiny_base(*, rebuild: bool = False) -> Path:
+    """Path of the pretrained tiny base, trained once and cached (atomically: a crash leaves no half-written dir)."""
+    target = cache_dir() / f"tiny-base-{_fingerprint()}"
+    if (target / "config.json").exists() and not rebuild:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("Pretraining the tiny base model into %s (once; cached afterwards)", target)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-base-", dir=target.parent))
+    try:
+        pretrain_tiny_base(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
