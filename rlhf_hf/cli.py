@@ -11,14 +11,19 @@ USAGE = """usage: rlhf-hf <command> [--config FILE] [--field value ...]
 
 commands:
   sft            step 1: supervised fine-tuning (LoRA) on demonstrations
+  reward         step 2: reward model on K ranked answers per prompt (all C(K,2) pairs, one forward each)
+  ppo            step 3: PPO against the reward model (policy/value/reward LoRA adapters on one base)
+  demo           the recipe on the embedded default (CPU, minutes), printing a table of results
   pretrain-tiny  build (or rebuild with --rebuild) the cached tiny base model of the embedded default
 """
 
 
 def recipes() -> dict[str, type[Recipe]]:
+    from .ppo import PPORecipe
+    from .reward.recipe import RewardRecipe
     from .sft import SFTRecipe
 
-    return {"sft": SFTRecipe}
+    return {"sft": SFTRecipe, "reward": RewardRecipe, "ppo": PPORecipe}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "demo":
+        from .demo import run_demo
+
+        run_demo(*rest[:1])
+        return 0
     if command == "pretrain-tiny":
         from .tiny.model import get_tiny_base
 

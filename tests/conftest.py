@@ -1,0 +1,45 @@
+"""Shared test set-up: offline, a repo-local cache for the tiny base, and one SFT run per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RLHF_HF_CACHE", str(ROOT / ".cache" / "rlhf_hf"))
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded at test time
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SFT_TINY_YAML = ROOT / "recipes" / "configs" / "sft_tiny.yaml"
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests skip cleanly where there is no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> Path:
+    from rlhf_hf.tiny.model import get_tiny_base
+
+    return get_tiny_base()
+
+
+@pytest.fixture(scope="session")
+def sft_run(tiny_base, tmp_path_factory):
+    """The tiny SFT recipe run once per session: (RecipeResult, merged model dir)."""
+    from rlhf_hf import SFTRecipe
+
+    out = tmp_path_factory.mktemp("sft") / "run"
+    result = SFTRecipe.from_yaml(SFT_TINY_YAML, output_dir=str(out), report_to="none").run()
+    return result, out / "merged"

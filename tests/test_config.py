@@ -1,0 +1,64 @@
+"""Config parsing: YAML + CLI overrides through TRL's parser, unknown keys rejected, CPU-safe defaults."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SFT_TINY_YAML
+
+from rlhf_hf import SFTRecipe, SFTRecipeConfig
+from rlhf_hf.cli import main
+
+
+def test_yaml_fields_reach_the_trl_configs():
+    cfg = SFTRecipe.from_yaml(SFT_TINY_YAML).config
+    assert isinstance(cfg, SFTRecipeConfig)
+    assert cfg.learning_rate == 0.002 and cfg.max_length == 64  # SFTConfig / TrainingArguments fields
+    assert cfg.lora_r == 16 and cfg.model_name_or_path == "rlhf-hf/tiny"  # trl.ModelConfig fields
+    assert cfg.merge is True and cfg.dataset_name == "rlhf-hf/tiny-sort-sft"  # our own
+
+
+def test_keyword_overrides_beat_the_file():
+    cfg = SFTRecipe.from_yaml(SFT_TINY_YAML, learning_rate=0.5, lora_r=4, output_dir="/tmp/x").config
+    assert (cfg.learning_rate, cfg.lora_r, cfg.output_dir) == (0.5, 4, "/tmp/x")
+
+
+def test_cli_flags_override_the_yaml():
+    cfg = SFTRecipe.parse_args(
+        ["--config", str(SFT_TINY_YAML), "--learning_rate", "0.01", "--merge", "false"]
+    )
+    assert cfg.learning_rate == 0.01 and cfg.merge is False
+
+
+def test_unknown_yaml_key_is_an_error_naming_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SFT_TINY_YAML.read_text() + "learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        SFTRecipe.from_yaml(bad)
+    with pytest.raises(ValueError, match="learning_rat"):
+        SFTRecipe.parse_args(["--config", str(bad)])
+
+
+def test_unknown_override_and_cli_flag_are_errors():
+    with pytest.raises(ValueError, match="lora_rank"):
+        SFTRecipe.from_yaml(SFT_TINY_YAML, lora_rank=8)
+    with pytest.raises((ValueError, SystemExit)):
+        SFTRecipe.parse_args(["--config", str(SFT_TINY_YAML), "--no_such_flag", "1"])
+
+
+def test_cpu_defaults_do_not_ask_for_bf16():
+    import torch
+
+    cfg = SFTRecipeConfig(output_dir="/tmp/x")
+    assert cfg.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert cfg.assistant_only_loss and cfg.use_peft  # loss on answers only, LoRA by default
+
+
+def test_recipe_rejects_a_foreign_config():
+    with pytest.raises(TypeError):
+        SFTRecipe(object())
+
+
+def test_cli_help_and_unknown_command(capsys):
+    assert main(["--help"]) == 0
+    assert "sft" in capsys.readouterr().out
+    assert main(["fly"]) == 2

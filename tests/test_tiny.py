@@ -1,0 +1,97 @@
+"""The embedded default: tokenizer, task, gold judge, simulated labeller and the pretrained tiny base."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf_hf.tiny import DEFAULT_TASK, SimulatedLabeller, SortTask, build_tiny_model, build_tokenizer
+from rlhf_hf.tiny.model import get_tiny_base
+
+
+def test_tokenizer_is_rebuilt_identically_and_round_trips_the_chat_template():
+    a, b = build_tokenizer(), build_tokenizer()
+    assert a.get_vocab() == b.get_vocab()
+    msgs = [{"role": "user", "content": "sort 3 1 4"}, {"role": "assistant", "content": "1 3 4"}]
+    out = a.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    tokens = a.convert_ids_to_tokens(out["input_ids"])
+    assert tokens == ["<|user|>", "sort", "3", "1", "4", "<|end|>", "<|assistant|>", "1", "3", "4", "<|end|>"]
+    # the assistant mask covers exactly the answer and its end-of-turn token (what SFT learns)
+    assert [t for t, m in zip(tokens, out["assistant_masks"], strict=True) if m] == ["1", "3", "4", "<|end|>"]
+    assert a.pad_token != a.eos_token and a.padding_side == "left"
+
+
+def test_tiny_model_size_is_in_the_advertised_range():
+    n = sum(p.numel() for p in build_tiny_model().parameters())
+    assert 1_000_000 <= n <= 5_000_000
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("1 2 3", 1.0),
+        ("1 3 2", 0.5 * 1.0 + 0.5 * 0.5),  # all digits kept, one of two neighbour pairs out of order
+        ("1 2", 0.5 * 0.8 + 0.5 * 1.0),  # precision 1, recall 2/3 -> F1 0.8
+        ("1 2 3 3", 0.5 * (2 * 0.75 * 1.0 / 1.75) + 0.5 * 1.0),  # an invented extra 3
+        ("1 2 3 x", 0.5 * (2 * 0.75 / 1.75) + 0.5 * (2 / 3)),  # non-digit breaks the order check too
+        ("", 0.0),
+        ("7 8", 0.0 * 0.5 + 0.5 * 1.0),  # nothing in common with the input, but "in order"
+    ],
+)
+def test_gold_judge_values(answer, expected):
+    assert DEFAULT_TASK.score("sort 3 1 2", answer) == pytest.approx(expected)
+
+
+def test_judge_reads_chat_prompts():
+    msgs = [{"role": "user", "content": "order 9 0"}]
+    assert DEFAULT_TASK.score(msgs, "0 9") == 1.0
+
+
+def test_demonstrations_are_sloppy_at_the_configured_rate_and_mistakes_always_cost_score():
+    task = SortTask(demo_error_rate=0.3)
+    rows = task.sft_rows(2000, seed=0)
+    scores = [task.score(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows]
+    wrong = sum(s < 1.0 for s in scores) / len(scores)
+    assert 0.26 < wrong < 0.34
+    rng = random.Random(0)
+    for _ in range(500):
+        digits = task.sample_digits(rng)
+        bad = task.corrupt(sorted(digits), rng)
+        assert task.score(f"sort {' '.join(digits)}", " ".join(bad)) < 1.0
+
+
+def test_noiseless_labeller_ranks_by_gold_score_with_ties():
+    labeller = SimulatedLabeller(DEFAULT_TASK, noise=0.0)
+    assert labeller("sort 3 1 2", ["1 3 2", "1 2 3", "", "1 2 3"]) == [2, 1, 3, 1]
+
+
+def test_noisy_labeller_is_seeded_and_mostly_right():
+    a = SimulatedLabeller(DEFAULT_TASK, noise=0.05, seed=1)
+    b = SimulatedLabeller(DEFAULT_TASK, noise=0.05, seed=1)
+    responses = ["1 3 2", "1 2 3", "2 1 3", "1 2"]
+    assert a("sort 3 1 2", responses) == b("sort 3 1 2", responses)
+    # the best answer (1.0) beats the runner-up "1 2" (0.9) unless noise flips a 0.1 gap: P ~ Phi(0.1 / 0.0707)
+    top = [a("sort 3 1 2", responses)[1] == 1 for _ in range(400)]
+    assert 0.8 < sum(top) / len(top) < 0.99
+
+
+def test_pretrained_base_is_cached_and_has_learned_the_corpus(tiny_base):
+    assert get_tiny_base() == tiny_base  # second call hits the cache
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    lines = DEFAULT_TASK.corpus(100, seed=777)
+    heads = [line.split(" sorted")[0] + " sorted :" for line in lines]
+    enc = tok(["<bos> " + h for h in heads], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    answers = [
+        a.split(".")[0] for a in tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
+    ]
+    exact = [
+        DEFAULT_TASK.score("sort " + h.split("numbers ")[1].split(" sorted")[0], a) == 1
+        for h, a in zip(heads, answers, strict=True)
+    ]
+    assert sum(exact) / len(exact) >= 0.9
