@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -13,6 +14,9 @@ commands:
   sft            step 1: supervised fine-tuning (LoRA) on demonstrations
   reward         step 2: reward model on K ranked answers per prompt (all C(K,2) pairs, one forward each)
   ppo            step 3: PPO against the reward model (policy/value/reward LoRA adapters on one base)
+  chat           interactive multi-turn chat with a model dir (streaming; /reset, /exit)
+  generate       answers for a file of prompts (.txt or .jsonl with `prompt`) -> .jsonl
+  export         a standalone HF model dir (merged weights, tokenizer, model card)
   demo           the recipe on the embedded default (CPU, minutes), printing a table of results
   pretrain-tiny  build (or rebuild with --rebuild) the cached tiny base model of the embedded default
 """
@@ -26,12 +30,67 @@ def recipes() -> dict[str, type[Recipe]]:
     return {"sft": SFTRecipe, "reward": RewardRecipe, "ppo": PPORecipe}
 
 
+def _chat(args: list[str]) -> int:
+    from .serve import chat, load_for_inference
+
+    parser = argparse.ArgumentParser("rlhf-hf chat")
+    parser.add_argument(
+        "--model", required=True, help="merged model dir or adapter dir (e.g. RUN_DIR/ppo/merged)"
+    )
+    parser.add_argument("--system", default=None)
+    parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--dtype", default=None)
+    ns = parser.parse_args(args)
+    model, tokenizer = load_for_inference(ns.model, ns.dtype)
+    chat(model, tokenizer, system=ns.system, max_new_tokens=ns.max_new_tokens, temperature=ns.temperature)
+    return 0
+
+
+def _generate(args: list[str]) -> int:
+    from .serve import generate_file
+
+    parser = argparse.ArgumentParser("rlhf-hf generate")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--prompts", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--do_sample", action="store_true")
+    parser.add_argument("--batch_size", type=int, default=16)
+    ns = vars(parser.parse_args(args))
+    n = generate_file(ns.pop("model"), ns.pop("prompts"), ns.pop("output"), **ns)
+    print(f"wrote {n} answers")
+    return 0
+
+
+def _export(args: list[str]) -> int:
+    from .serve import export
+
+    parser = argparse.ArgumentParser("rlhf-hf export")
+    parser.add_argument("--model", required=True, help="merged model dir or adapter dir")
+    parser.add_argument("--output", required=True)
+    parser.add_argument(
+        "--run", default=None, help="the run dir whose stages and metrics go into the model card"
+    )
+    parser.add_argument("--merge", action="store_true", default=True, help="merge adapters (always done)")
+    ns = parser.parse_args(args)
+    print(export(ns.model, ns.output, run_dir=ns.run))
+    return 0
+
+
+TOOLS = {"chat": _chat, "generate": _generate, "export": _export}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command in TOOLS:
+        return TOOLS[command](rest)
     if command == "demo":
         from .demo import run_demo
 
