@@ -122,16 +122,25 @@ class Recipe:
         raise NotImplementedError
 
     def check_output_dir(self) -> Path:
-        """Refuse to write into a non-empty output dir unless overwriting or resuming was asked for."""
+        """Refuse to write into a non-empty output dir unless overwriting or resuming was asked for.
+
+        Under several processes every rank checks (so all raise alike) before the main one clears the dir.
+        """
+        from accelerate import PartialState
+
+        state = PartialState()
         out = Path(self.config.output_dir)
         resuming = bool(getattr(self.config, "resume_from_checkpoint", None))
-        if out.exists() and any(out.iterdir()) and not resuming:
-            if not self.config.overwrite_output_dir:
-                raise FileExistsError(
-                    f"Output dir {out} exists and is not empty; set `overwrite_output_dir: true` to replace it "
-                    "or `resume_from_checkpoint` to continue it."
-                )
+        clear = out.exists() and any(out.iterdir()) and not resuming
+        if clear and not self.config.overwrite_output_dir:
+            raise FileExistsError(
+                f"Output dir {out} exists and is not empty; set `overwrite_output_dir: true` to replace it "
+                "or `resume_from_checkpoint` to continue it."
+            )
+        state.wait_for_everyone()
+        if clear and state.is_main_process:
             shutil.rmtree(out)
+        state.wait_for_everyone()
         return out
 
     @staticmethod

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from .data import train_eval_splits, validate_sft_dataset
@@ -88,7 +89,8 @@ class SFTRecipe(Recipe):
             cfg.assistant_only_loss = False  # TRL supports it for conversational data only
         output_dir = self.check_output_dir()
 
-        # ---- 2. model + LoRA, trained by TRL
+        # ---- 2. model + LoRA, trained by TRL (seeded first: LoRA's random init must not depend on the launcher)
+        set_seed(cfg.seed)
         model = load_causal_lm(
             cfg, trust_remote_code=cfg.trust_remote_code, gradient_checkpointing=cfg.gradient_checkpointing
         )
@@ -112,20 +114,25 @@ class SFTRecipe(Recipe):
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
 
         # ---- 3. save: adapter (or full model) + tokenizer, then the merged model for the next stages
-        trainer.save_model(str(output_dir))
-        tokenizer.save_pretrained(output_dir)
-        policy = trainer.model
-        if cfg.use_peft and cfg.merge:
-            policy = merge_adapter(cfg, output_dir, output_dir / "merged")
-            tokenizer.save_pretrained(output_dir / "merged")
-        if cfg.dataset_name and cfg.dataset_name.startswith("rlhf-hf/tiny-sort") and cfg.eval_gold_prompts:
-            from .evaluation import gold_eval
+        trainer.save_model(str(output_dir))  # main process only, gathers ZeRO-3 shards
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(output_dir)
+            policy = trainer.model
+            if cfg.use_peft and cfg.merge:
+                policy = merge_adapter(cfg, output_dir, output_dir / "merged")
+                tokenizer.save_pretrained(output_dir / "merged")
+            if (
+                cfg.dataset_name
+                and cfg.dataset_name.startswith("rlhf-hf/tiny-sort")
+                and cfg.eval_gold_prompts
+            ):
+                from .evaluation import gold_eval
 
-            metrics.update(
-                {f"gold_{k}": v for k, v in gold_eval(policy, tokenizer, cfg.eval_gold_prompts).items()}
-            )
-        metrics["seconds"] = time.time() - start
-        self.write_metrics(output_dir, metrics)
+                gold = gold_eval(policy, tokenizer, cfg.eval_gold_prompts)
+                metrics.update({f"gold_{k}": v for k, v in gold.items()})
+            metrics["seconds"] = time.time() - start
+            self.write_metrics(output_dir, metrics)
+        trainer.accelerator.wait_for_everyone()
         return RecipeResult(output_dir=str(output_dir), metrics=metrics)
 
 
