@@ -30,12 +30,15 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
     return torch.stack(rows)
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Entropy of the next-token distribution, [B, T, V] -> [B, T] fp32 (a collapse monitor).
 
     Uses entr(p) = -p log p, which is 0 at p = 0, so -inf logits (filtered vocabulary) give no NaN.
+    ``temperature`` scales row by row, like ``logprobs_from_logits``, so no [B, T, V] fp32 copy is made.
     """
-    return torch.stack([torch.special.entr(torch.softmax(row.float(), dim=-1)).sum(-1) for row in logits])
+    return torch.stack(
+        [torch.special.entr(torch.softmax(row.float() / temperature, dim=-1)).sum(-1) for row in logits]
+    )
 
 
 # ---------------------------------------------------------------- masked statistics

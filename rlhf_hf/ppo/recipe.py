@@ -1,0 +1,143 @@
+"""Step 3, PPO against the reward model: `PPORecipe(config).run()` or `rlhf-hf ppo --config ppo.yaml`.
+
+Writes `<output_dir>/policy` (adapter), `merged/` (standalone policy for the next round, eval or export),
+`value/`, `metrics.json`, `log_history.json`, `samples.jsonl` and `checkpoint-*` dirs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from ..data import load_split
+from ..modeling import load_tokenizer
+from ..recipe import Recipe, RecipeResult
+from ..sft import merge_adapter
+from .config import PPORecipeConfig
+from .roles import POLICY, build_ppo_model, is_adapter_dir
+from .trainer import PPOTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def validate_prompts(
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int, where: str = "train"
+) -> None:
+    """Every row has a non-empty `prompt` (string or chat messages) of at most `max_prompt_length` tokens.
+
+    Runs before any model is loaded; errors name the row.
+    """
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"{where}: missing column `prompt`; found columns {dataset.column_names}")
+    for i, prompt in enumerate(dataset["prompt"]):
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ValueError(f"{where} row {i}: field `prompt` is empty")
+            messages = [{"role": "user", "content": prompt}]
+        elif isinstance(prompt, list) and prompt:
+            for j, m in enumerate(prompt):
+                if not isinstance(m, dict) or not isinstance(m.get("content"), str) or "role" not in m:
+                    raise ValueError(
+                        f"{where} row {i}: field `prompt[{j}]` must be a dict with `role` and `content`"
+                    )
+            if not any(m["content"].strip() for m in prompt):
+                raise ValueError(f"{where} row {i}: field `prompt` is empty")
+            messages = prompt
+        else:
+            raise ValueError(
+                f"{where} row {i}: field `prompt` is {type(prompt).__name__}, expected a non-empty string or messages"
+            )
+        ids = tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=True
+        )
+        if (n := len(ids["input_ids"])) > max_prompt_length:
+            raise ValueError(
+                f"{where} row {i}: field `prompt` is {n} tokens, longer than max_prompt_length={max_prompt_length}"
+            )
+
+
+class PPORecipe(Recipe):
+    config_class = PPORecipeConfig
+    name = "ppo"
+
+    def run(self) -> RecipeResult:
+        cfg: PPORecipeConfig = self.config
+        start = time.time()
+        # ---- 1. everything that can fail cheaply, before a model is loaded or a file written
+        tokenizer = load_tokenizer(
+            cfg.model_name_or_path, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
+        )
+        prompts = load_split(cfg.dataset_name, cfg.dataset_train_split, cfg.dataset_config)
+        if prompts is None:
+            raise ValueError(f"Dataset {cfg.dataset_name!r} has no split {cfg.dataset_train_split!r}")
+        validate_prompts(prompts, tokenizer, cfg.max_prompt_length)
+        ptx = None
+        if cfg.ptx_coef > 0:
+            ptx = load_split(cfg.ptx_dataset_name, cfg.ptx_dataset_split)
+            if ptx is None or "text" not in ptx.column_names:
+                raise ValueError(f"PPO-ptx data {cfg.ptx_dataset_name!r} needs a `text` column")
+        if not Path(cfg.reward_model_path).is_dir():
+            raise ValueError(f"reward_model_path {cfg.reward_model_path!r} is not a directory")
+        output_dir = self.check_output_dir()
+
+        # ---- 2. one base, four roles; PPO on Trainer's machinery
+        model = build_ppo_model(cfg, tokenizer.pad_token_id)
+        trainer = PPOTrainer(
+            model=model, args=cfg, processing_class=tokenizer, train_dataset=prompts, ptx_dataset=ptx
+        )
+        if model.reward_stats is None and cfg.normalize_reward:
+            logger.warning("No reward_stats.json in %s: scores are not normalised", cfg.reward_model_path)
+        gold = self._gold_task(cfg)
+        metrics: dict[str, float] = {"train_prompts": len(prompts)}
+        if gold:
+            from ..evaluation import gold_eval
+
+            with model.adapter(None):  # the SFT model, i.e. the policy before PPO
+                before = gold_eval(model.causal_lm, tokenizer, cfg.eval_gold_prompts)
+            metrics.update({f"gold_{k}_before": v for k, v in before.items()})
+        trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+
+        # ---- 3. outputs: adapters, merged policy, metrics
+        trainer.save_model(str(output_dir))
+        history = [h for h in trainer.state.log_history if "objective/scores" in h]
+        (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+        metrics.update(summarize(history))
+        policy = model.causal_lm
+        if cfg.merge and trainer.is_world_process_zero():
+            policy = merge_adapter(cfg, output_dir / POLICY, output_dir / "merged")
+            tokenizer.save_pretrained(output_dir / "merged")
+        if gold:
+            with model.adapter(POLICY):
+                after = gold_eval(policy, tokenizer, cfg.eval_gold_prompts)
+            metrics.update({f"gold_{k}": v for k, v in after.items()})
+        metrics["reward_model"] = "adapter" if is_adapter_dir(cfg.reward_model_path) else "model"
+        metrics["seconds"] = time.time() - start
+        self.write_metrics(output_dir, metrics)
+        return RecipeResult(output_dir=str(output_dir), metrics=metrics)
+
+    @staticmethod
+    def _gold_task(cfg: PPORecipeConfig) -> bool:
+        return bool(cfg.eval_gold_prompts and (cfg.dataset_name or "").startswith("rlhf-hf/tiny-sort"))
+
+
+def summarize(history: list[dict], window: int = 3) -> dict[str, float]:
+    """First/last-window means of the headline metrics: how far PPO moved the score and the KL."""
+    if not history:
+        return {}
+    n = min(window, max(1, len(history) // 2))
+    out: dict[str, float] = {"updates": history[-1]["step"]}
+    for key, name in (
+        ("objective/scores", "score"),
+        ("objective/kl", "kl"),
+        ("objective/raw_scores", "raw_score"),
+    ):
+        out[f"{name}_first"] = statistics.fmean(h[key] for h in history[:n])
+        out[f"{name}_last"] = statistics.fmean(h[key] for h in history[-n:])
+    out["seconds_per_update"] = statistics.fmean(h["perf/seconds_per_update"] for h in history)
+    return out

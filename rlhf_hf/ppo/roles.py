@@ -1,0 +1,386 @@
+"""One frozen base, four roles: the models PPO needs, sharing a single copy of the SFT weights.
+
+The base is the merged SFT model. It carries LoRA adapters: `policy` (trained), `value` (trained, plus a scalar
+head, both initialised from the reward model as InstructGPT initialised its value function from the RM) and
+`reward` (frozen, plus the RM's head); the reference policy is the base with every adapter switched off.
+
+Switching roles sets each LoRA layer's active adapter directly. PEFT's `set_adapter` / `disable_adapter` also
+rewrite `requires_grad` (they freeze every inactive adapter), which would stop one of the two trainable adapters
+from learning whenever the other one ran last; here `requires_grad` is set once, at construction.
+
+Options: `critic: head` puts the value head on the policy's last hidden state (one forward gives logits and
+values); `critic: model` trains a separate AutoModelForSequenceClassification in full; a reward model dir without
+`adapter_config.json` is loaded as a separate full classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import AutoModelForSequenceClassification, GenerationConfig, PreTrainedModel, set_seed
+
+from ..modeling import is_quantized, load_causal_lm, lora_config, model_kwargs, resolve_model_path
+from .config import PPORecipeConfig
+
+logger = logging.getLogger(__name__)
+
+POLICY, VALUE, REWARD = "policy", "value", "reward"
+ADAPTER_FILE, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+HEAD_FILE = "value_head.safetensors"
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, as `generate` does for left-padded prompts."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_hidden(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Final (normed) hidden states from the decoder stack alone: no vocabulary projection is wasted."""
+    backbone = getattr(model, model.base_model_prefix)
+    out = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+    )
+    return out.last_hidden_state
+
+
+def scalar_head(weight: Tensor) -> nn.Linear:
+    head = nn.Linear(weight.shape[-1], 1, bias=False, device=weight.device, dtype=torch.float32)
+    with torch.no_grad():
+        head.weight.copy_(weight.reshape(1, -1).float())
+    return head
+
+
+def apply_head(head: nn.Linear, hidden: Tensor) -> Tensor:
+    return head(hidden.to(head.weight.dtype)).squeeze(-1)
+
+
+class PPOModel(nn.Module):
+    """The four roles behind one `nn.Module`, so Trainer/Accelerate wrap, place and optimise it as one model.
+
+    `forward` is the training pass (policy logits on the answer + values, and the PPO-ptx LM loss); the other
+    methods are the no-grad rollout passes. Sequences are `[left-padded prompt | answer of width T]`; the logits
+    and values for answer token t come from position P - 1 + t, i.e. `hidden[:, -T - 1 : -1]`.
+    """
+
+    def __init__(
+        self,
+        lm: PeftModel,
+        *,
+        critic: str,
+        value_head: nn.Linear | None = None,
+        reward_head: nn.Linear | None = None,
+        reward_model: PreTrainedModel | None = None,
+        value_model: PreTrainedModel | None = None,
+        reward_stats: dict | None = None,
+        normalize_values: bool = False,
+    ) -> None:
+        super().__init__()
+        self.lm, self.critic = lm, critic
+        self.value_head, self.reward_head = value_head, reward_head
+        self.reward_model, self.value_model = reward_model, value_model
+        self.reward_stats = reward_stats
+        # The critic starts as the RM, whose outputs are raw scores; PPO's returns are built from normalised
+        # scores, so values are mapped the same way (a fixed affine map, not a parameter).
+        stats = reward_stats if normalize_values and reward_stats else {"mean": 0.0, "std": 1.0}
+        self.value_shift, self.value_scale = float(stats["mean"]), max(float(stats["std"]), 1e-8)
+        self.lora_layers = [m for m in lm.modules() if isinstance(m, BaseTunerLayer)]
+        if getattr(lm.get_base_model(), "hf_device_map", None) is not None:
+            self.hf_device_map = lm.get_base_model().hf_device_map  # k-bit: Trainer must not move it
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for p in self.trainable_parameters():
+            p.requires_grad_(True)
+
+    # ---------------------------------------------------------------- parameters
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Policy LoRA, and the critic: value LoRA + head, the value head alone, or the whole value model."""
+        yield from self.adapter_parameters(POLICY)
+        if self.critic == "adapter":
+            yield from self.adapter_parameters(VALUE)
+        if self.value_head is not None:
+            yield from self.value_head.parameters()
+        if self.value_model is not None:
+            yield from self.value_model.parameters()
+
+    def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        for m in self.lora_layers:
+            for layer_name in m.adapter_layer_names:
+                weights = getattr(m, layer_name)
+                if name in weights:
+                    yield from (
+                        weights[name].parameters()
+                        if isinstance(weights[name], nn.Module)
+                        else [weights[name]]
+                    )
+
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        return self.lm.get_base_model()
+
+    # ---------------------------------------------------------------- adapter routing
+    @contextmanager
+    def adapter(self, name: str | None) -> Iterator[None]:
+        """Route every LoRA layer through adapter `name`, or through none (the reference); restores on exit."""
+        saved = [(m, m._active_adapter, m._disable_adapters) for m in self.lora_layers]
+        for m in self.lora_layers:
+            m._disable_adapters = name is None
+            if name is not None:
+                m._active_adapter = [name]
+        try:
+            yield
+        finally:
+            for m, active, disabled in saved:
+                m._active_adapter, m._disable_adapters = active, disabled
+
+    @contextmanager
+    def merged_policy(self) -> Iterator[None]:
+        """Policy delta added into the base weights (LoRA layers bypassed); exact base weights restored after.
+
+        Subtracting the delta again would not give the original bf16 weights back, and the base is also the
+        reference model, so the touched weights are copied once per generation instead.
+        """
+        saved = []
+        with torch.no_grad():
+            for m in self.lora_layers:
+                if POLICY in getattr(m, "lora_A", {}):
+                    weight = m.get_base_layer().weight
+                    saved.append((weight, weight.data.clone()))
+                    weight.data += m.get_delta_weight(POLICY).to(weight.dtype)
+        try:
+            with self.adapter(None):
+                yield
+        finally:
+            with torch.no_grad():
+                for weight, original in saved:
+                    weight.data.copy_(original)
+
+    # ---------------------------------------------------------------- role passes
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, adapter: str | None) -> Tensor:
+        with self.adapter(adapter):
+            return last_hidden(self.causal_lm, input_ids, attention_mask)
+
+    def answer_logits(self, hidden: Tensor, answer_width: int) -> Tensor:
+        """Next-token logits for the answer tokens only (the prompt's are never needed)."""
+        logits = self.causal_lm.get_output_embeddings()(hidden[:, -answer_width - 1 : -1])
+        cap = getattr(self.causal_lm.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def policy(
+        self, input_ids: Tensor, attention_mask: Tensor, answer_width: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """Policy logits on the answer, and the values too when the critic is a head on the policy."""
+        hidden = self.hidden(input_ids, attention_mask, POLICY)
+        logits = self.answer_logits(hidden, answer_width)
+        if self.critic == "head":
+            return logits, self._values(self.value_head, hidden[:, -answer_width - 1 : -1])
+        return logits, None
+
+    def reference(self, input_ids: Tensor, attention_mask: Tensor, answer_width: int) -> Tensor:
+        """The SFT model's logits: the shared base with all adapters off."""
+        return self.answer_logits(self.hidden(input_ids, attention_mask, None), answer_width)
+
+    def values(self, input_ids: Tensor, attention_mask: Tensor, answer_width: int) -> Tensor:
+        """V(state before answer token t), [B, T], for the adapter and model critics."""
+        if self.critic == "model":
+            hidden = last_hidden(self.value_model, input_ids, attention_mask)
+            return self._values(self.value_model.score, hidden[:, -answer_width - 1 : -1])
+        hidden = self.hidden(input_ids, attention_mask, VALUE)
+        return self._values(self.value_head, hidden[:, -answer_width - 1 : -1])
+
+    def _values(self, head: nn.Linear, hidden: Tensor) -> Tensor:
+        return (apply_head(head, hidden) - self.value_shift) / self.value_scale
+
+    def scores(self, input_ids: Tensor, attention_mask: Tensor, last_index: Tensor) -> Tensor:
+        """Reward-model score read at `last_index`, the last real token of each answer (never a pad position)."""
+        if self.reward_model is not None:
+            hidden, head = last_hidden(self.reward_model, input_ids, attention_mask), self.reward_model.score
+        else:
+            hidden, head = self.hidden(input_ids, attention_mask, REWARD), self.reward_head
+        rows = torch.arange(len(last_index), device=hidden.device)
+        return apply_head(head, hidden[rows, last_index]).float()
+
+    def ptx_loss(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Next-token loss of the policy on right-padded pretraining text (PPO-ptx)."""
+        hidden = self.hidden(input_ids, attention_mask, POLICY)
+        logits = self.answer_logits(hidden, input_ids.shape[1] - 1)  # predictions for tokens 1..L-1
+        labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        answer_width: int,
+        ptx_input_ids: Tensor | None = None,
+        ptx_attention_mask: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The training pass, in one call so DDP sees one forward per backward."""
+        logits, values = self.policy(input_ids, attention_mask, answer_width)
+        if values is None:
+            values = self.values(input_ids, attention_mask, answer_width)
+        out = {"logits": logits, "values": values}
+        if ptx_input_ids is not None:
+            out["ptx_loss"] = self.ptx_loss(ptx_input_ids, ptx_attention_mask)
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        generation_config: GenerationConfig,
+        merge: bool = False,
+    ) -> Tensor:
+        """Sampled continuations from the policy (through the unmerged adapter, or merged when `merge`)."""
+        with self.merged_policy() if merge else self.adapter(POLICY):
+            return self.causal_lm.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config
+            )
+
+    # ---------------------------------------------------------------- saving and loading
+    def save_adapter(self, name: str, directory: Path) -> None:
+        """A standard PEFT adapter dir (`PeftModel.from_pretrained(base, directory)` loads it)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.lm, adapter_name=name)
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, directory / ADAPTER_FILE)
+        self.lm.peft_config[name].save_pretrained(str(directory))
+
+    def save_trainable(self, directory: Path) -> None:
+        """`<dir>/policy` (adapter) and `<dir>/value` (adapter + head, head, or full model, per the critic)."""
+        self.save_adapter(POLICY, directory / POLICY)
+        value_dir = directory / VALUE
+        if self.critic == "model":
+            self.value_model.save_pretrained(value_dir, safe_serialization=True)
+            return
+        if self.critic == "adapter":
+            self.save_adapter(VALUE, value_dir)
+        value_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.value_head.weight.detach().cpu().contiguous()}, value_dir / HEAD_FILE)
+
+    def load_trainable(self, directory: Path) -> None:
+        """In-place inverse of `save_trainable` (parameters keep their identity, so the optimizer still holds them)."""
+        device = next(self.trainable_parameters()).device
+        set_peft_model_state_dict(self.lm, load_file(directory / POLICY / ADAPTER_FILE), adapter_name=POLICY)
+        value_dir = directory / VALUE
+        if self.critic == "model":
+            state = load_file(value_dir / "model.safetensors", device=str(device))
+            self.value_model.load_state_dict(state, strict=False)
+            return
+        if self.critic == "adapter":
+            set_peft_model_state_dict(self.lm, load_file(value_dir / ADAPTER_FILE), adapter_name=VALUE)
+        with torch.no_grad():
+            self.value_head.weight.copy_(load_file(value_dir / HEAD_FILE)["weight"])
+
+
+# -------------------------------------------------------------------------------------------- construction
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).exists()
+
+
+def read_reward_stats(reward_model_path: str | Path) -> dict | None:
+    path = Path(reward_model_path) / "reward_stats.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _reward_adapter(lm: PeftModel, reward_dir: Path) -> tuple[LoraConfig, Tensor]:
+    """Load a SEQ_CLS LoRA adapter onto the causal LM as adapter `reward`; return its config and score weight.
+
+    The causal LM has no `score` module, so the LoRA weights go into a fresh causal-LM adapter and the head
+    (saved through `modules_to_save=["score"]`) is read from the adapter file into our own head.
+    """
+    config = LoraConfig.from_pretrained(str(reward_dir))
+    config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, False
+    lm.add_adapter(REWARD, config)
+    weights = load_file(reward_dir / ADAPTER_FILE)
+    head = [k for k in weights if ".score." in k or k.endswith("score.weight")]
+    if len(head) != 1:
+        raise ValueError(f"{reward_dir}: expected one `score` head weight in {ADAPTER_FILE}, found {head}")
+    score = weights.pop(head[0])
+    result = set_peft_model_state_dict(lm, weights, adapter_name=REWARD)
+    missing = [k for k in result.missing_keys if f".{REWARD}." in k]
+    if missing:
+        raise ValueError(
+            f"{reward_dir}: adapter weights missing for {missing[:3]}... (not trained on this base?)"
+        )
+    return config, score
+
+
+def _copy_adapter(lm: PeftModel, source: str, target: str) -> None:
+    set_peft_model_state_dict(lm, get_peft_model_state_dict(lm, adapter_name=source), adapter_name=target)
+
+
+def _classifier(cfg: PPORecipeConfig, path: str, pad_token_id: int, **extra) -> PreTrainedModel:
+    kwargs = model_kwargs(cfg, trust_remote_code=cfg.trust_remote_code) | extra
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _disable_dropout(module: nn.Module) -> None:
+    """PPO compares log-probs of the same tokens across passes: dropout would make the ratio noisy."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+def build_ppo_model(cfg: PPORecipeConfig, pad_token_id: int) -> PPOModel:
+    """Base + roles per `cfg.critic` and the kind of reward model in `cfg.reward_model_path`."""
+    set_seed(cfg.seed)  # LoRA initialisation is random: seed it so runs (and resumed runs) start identically
+    reward_dir = Path(cfg.reward_model_path)
+    base = load_causal_lm(cfg, trust_remote_code=cfg.trust_remote_code)
+    base.config.pad_token_id = pad_token_id
+    lm = get_peft_model(base, lora_config(cfg), adapter_name=POLICY)
+    value_head = reward_head = reward_model = value_model = None
+    if is_adapter_dir(reward_dir):
+        reward_config, score = _reward_adapter(lm, reward_dir)
+        reward_head = scalar_head(score)
+        if cfg.critic == "adapter":  # the value function starts as the reward model (LoRA and head)
+            lm.add_adapter(VALUE, reward_config)
+            _copy_adapter(lm, REWARD, VALUE)
+    else:
+        reward_model = _classifier(cfg, str(reward_dir), pad_token_id)
+        reward_model.requires_grad_(False)
+        score = reward_model.score.weight
+        if cfg.critic == "adapter":
+            lm.add_adapter(VALUE, lora_config(cfg))
+    if cfg.critic in ("adapter", "head"):
+        value_head = scalar_head(score)
+    else:
+        value_model = _value_model(cfg, reward_dir, pad_token_id)
+    for module in (lm, reward_model, value_model):
+        if module is not None:
+            _disable_dropout(module)
+    device = next(base.parameters()).device
+    heads = [h.to(device) if h is not None else None for h in (value_head, reward_head)]
+    return PPOModel(
+        lm,
+        critic=cfg.critic,
+        value_head=heads[0],
+        reward_head=heads[1],
+        reward_model=reward_model,
+        value_model=value_model,
+        reward_stats=read_reward_stats(reward_dir),
+        normalize_values=cfg.normalize_reward,
+    )
+
+
+def _value_model(cfg: PPORecipeConfig, reward_dir: Path, pad_token_id: int) -> PreTrainedModel:
+    """`critic: model`: a full classifier initialised from the RM (adapter merged into a fresh base copy)."""
+    if not is_adapter_dir(reward_dir):
+        return _classifier(cfg, str(reward_dir), pad_token_id)
+    if is_quantized(cfg):
+        raise ValueError("critic: model trains a full model: it cannot be built from a quantized base")
+    base = _classifier(cfg, resolve_model_path(cfg.model_name_or_path), pad_token_id)
+    return PeftModel.from_pretrained(base, str(reward_dir)).merge_and_unload()
