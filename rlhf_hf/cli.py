@@ -17,6 +17,8 @@ commands:
   chat           interactive multi-turn chat with a model dir (streaming; /reset, /exit)
   generate       answers for a file of prompts (.txt or .jsonl with `prompt`) -> .jsonl
   export         a standalone HF model dir (merged weights, tokenizer, model card)
+  pipeline       the whole recipe: SFT -> (sample -> rank -> RM -> PPO) x rounds -> evaluation
+  eval           evaluate a pipeline run dir again (tables, curves, summary.json)
   demo           the recipe on the embedded default (CPU, minutes), printing a table of results
   pretrain-tiny  build (or rebuild with --rebuild) the cached tiny base model of the embedded default
 """
@@ -80,7 +82,39 @@ def _export(args: list[str]) -> int:
     return 0
 
 
-TOOLS = {"chat": _chat, "generate": _generate, "export": _export}
+def _pipeline(args: list[str]) -> int:
+    from .pipeline import PausedForRanking, RLHFPipeline
+
+    parser = argparse.ArgumentParser("rlhf-hf pipeline")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--run_dir", default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--force", action="store_true", help="re-run stages that already finished")
+    ns = parser.parse_args(args)
+    overrides = {k: v for k, v in vars(ns).items() if k != "config" and v not in (None, False)}
+    try:
+        RLHFPipeline.from_yaml(ns.config, **overrides).run()
+    except PausedForRanking as paused:
+        print(paused)
+        return 3
+    return 0
+
+
+def _eval(args: list[str]) -> int:
+    from .pipeline import PipelineConfig, RLHFPipeline
+    from .report import evaluate_run
+
+    parser = argparse.ArgumentParser("rlhf-hf eval")
+    parser.add_argument("--run", required=True, help="a pipeline run dir (holds pipeline.yaml)")
+    ns = parser.parse_args(args)
+    pipeline = RLHFPipeline(PipelineConfig.from_yaml(f"{ns.run}/pipeline.yaml", run_dir=ns.run))
+    summary = evaluate_run(pipeline, str((pipeline.run_dir / "sft" / "merged").resolve()))
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict | list)}, indent=2))
+    return 0
+
+
+TOOLS = {"chat": _chat, "generate": _generate, "export": _export, "pipeline": _pipeline, "eval": _eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,19 +58,6 @@ class RecipeResult:
     metrics: dict[str, Any]
 
 
-def _as_cli(overrides: dict[str, Any]) -> list[str]:
-    args: list[str] = []
-    for key, value in overrides.items():
-        args.append(f"--{key}")
-        if isinstance(value, list | tuple):
-            args.extend(str(v) for v in value)
-        elif isinstance(value, dict):
-            args.append(json.dumps(value))
-        else:
-            args.append(str(value))
-    return args
-
-
 class Recipe:
     """One stage of the pipeline: `Recipe(config).run()` trains and writes `config.output_dir`."""
 
@@ -101,21 +88,29 @@ class Recipe:
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> Self:
         """`Recipe.from_yaml("sft.yaml", learning_rate=1e-4)`: keyword overrides beat the file, like CLI flags."""
         with open(path) as f:
-            keys = yaml.safe_load(f) or {}
-        known = {f.name for f in dataclasses.fields(cls.config_class)} | {"env"}
-        unknown = sorted((set(keys) | set(overrides)) - known)
-        if unknown:
-            raise ValueError(f"{cls.name} config {path}: unknown key(s) {unknown}")
-        return cls(cls.parse_args(["--config", str(path), *_as_cli(overrides)]))
+            values = yaml.safe_load(f) or {}
+        for key, value in (values.pop("env", None) or {}).items():  # TrlParser's `env:` section
+            os.environ[key] = str(value)
+        try:
+            return cls.from_dict({**values, **overrides})
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
-        """Build from a mapping (e.g. one stage of a pipeline YAML); unknown keys raise."""
+        """Build from a mapping (a YAML file's or one stage of a pipeline YAML); unknown keys raise.
+
+        Values become the parser's defaults, so strings are converted as on the command line ("2e-3" -> float)
+        while Python values (None, lists, numbers) pass through unchanged.
+        """
         known = {f.name for f in dataclasses.fields(cls.config_class)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{cls.name} config: unknown key(s) {unknown}")
-        return cls(cls.config_class(**values))
+        parser = TrlParser(dataclass_types=[cls.config_class])
+        parser.set_defaults_with_config(**values)
+        (config,) = parser.parse_args_into_dataclasses(args=[])
+        return cls(config)
 
     # ---------------------------------------------------------------- running
     def run(self) -> RecipeResult:

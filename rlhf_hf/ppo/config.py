@@ -44,6 +44,13 @@ class PPORecipeConfig(RecipeArgs, TrainingArguments, ModelConfig):
             "choices": list(CRITICS),
         },
     )
+    init_policy_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start the policy from this LoRA adapter dir (e.g. an earlier round's `<ppo>/policy`, same base "
+            "and LoRA shape) instead of a fresh adapter; the reference stays the base (the SFT model)."
+        },
+    )
     dataset_name: str | None = field(
         default="rlhf-hf/tiny-sort-prompts",
         metadata={"help": "Prompts: any dataset with a `prompt` column (a string or chat messages)."},

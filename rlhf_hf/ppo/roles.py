@@ -342,6 +342,17 @@ def build_ppo_model(cfg: PPORecipeConfig, pad_token_id: int) -> PPOModel:
     base = load_causal_lm(cfg, trust_remote_code=cfg.trust_remote_code)
     base.config.pad_token_id = pad_token_id
     lm = get_peft_model(base, lora_config(cfg), adapter_name=POLICY)
+    if cfg.init_policy_adapter:  # iterated RLHF: continue from an earlier round's policy
+        state = load_file(Path(cfg.init_policy_adapter) / ADAPTER_FILE)
+        missing = [
+            k
+            for k in set_peft_model_state_dict(lm, state, adapter_name=POLICY).missing_keys
+            if f".{POLICY}." in k
+        ]
+        if missing:
+            raise ValueError(
+                f"init_policy_adapter {cfg.init_policy_adapter}: no weights for {missing[:3]}..."
+            )
     value_head = reward_head = reward_model = value_model = None
     if is_adapter_dir(reward_dir):
         reward_config, score = _reward_adapter(lm, reward_dir)

@@ -1,0 +1,266 @@
+"""The whole recipe: SFT -> (sample K answers -> rank -> reward model -> PPO) x rounds -> evaluation.
+
+One YAML holds the stage configs; each stage writes its own subdir of `run_dir` and the next reads it from there:
+
+    run_dir/sft/                      step 1 (adapter + merged/)
+    run_dir/round_1/comparisons.jsonl sampled answers, ranked (or to_rank.jsonl / ranked.jsonl for humans)
+    run_dir/round_1/reward/           step 2 (on all comparisons so far, initialised from the SFT model)
+    run_dir/round_1/ppo/              step 3 (policy starts from the previous round's, reference = SFT)
+    run_dir/eval/                     evaluation.json, PNG curves; run_dir/summary.json
+
+A stage whose `metrics.json` exists has finished and is skipped on re-run (resume) unless `force: true`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data import load_split
+from .ppo import PPORecipe
+from .recipe import Recipe, RecipeResult
+from .reward.collect import export_for_ranking, import_ranked
+from .reward.recipe import RewardRecipe
+from .reward.sampling import drop_empty_answers, rank_with, sample_answers
+from .sft import SFTRecipe
+from .tiny.task import DEFAULT_TASK, SimulatedLabeller
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    """Top-level keys of a pipeline YAML; `sft`, `reward` and `ppo` hold each stage's config (a `config:` path to a
+    stage YAML and/or its keys), with `model_name_or_path`, data and output paths filled in by the pipeline."""
+
+    run_dir: str = "runs/pipeline"
+    seed: int = 0
+    rounds: int = 1
+    labeller: str = (
+        "simulated"  # "simulated" (the embedded task's judge + noise) or "human" (JSONL round trip)
+    )
+    labeller_noise: float = 0.05
+    prompts_dataset: str = "rlhf-hf/tiny-sort-prompts"
+    rank_prompts: int = 600  # prompts per round whose K sampled answers get ranked
+    sample_k: int = 4
+    sample_temperature: float = 1.0
+    sample_max_new_tokens: int = 16
+    eval_prompts: int = 200
+    eval_every_checkpoint: bool = True  # gold vs RM score at every PPO checkpoint (over-optimisation curve)
+    force: bool = False
+    sft: dict[str, Any] = field(default_factory=dict)
+    reward: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        values.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(values) - known):
+            raise ValueError(f"pipeline config {path}: unknown key(s) {unknown}")
+        config = cls(**values)
+        config.base_dir = (
+            Path(path).resolve().parent
+        )  # stage `config:` paths are relative to the pipeline file
+        return config
+
+
+class PausedForRanking(RuntimeError):
+    """Raised when comparisons await human ranking; re-running the pipeline resumes from the ranked file."""
+
+
+class RLHFPipeline:
+    """`RLHFPipeline.from_yaml("pipeline.yaml").run()`: every step of InstructGPT, resumable stage by stage."""
+
+    def __init__(self, config: PipelineConfig, labeller=None) -> None:
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.labeller = labeller or (
+            SimulatedLabeller(DEFAULT_TASK, noise=config.labeller_noise, seed=config.seed)
+            if config.labeller == "simulated"
+            else None
+        )
+        if config.labeller not in ("simulated", "human") and labeller is None:
+            raise ValueError(f"labeller must be 'simulated' or 'human', got {config.labeller!r}")
+        self.timings: list[tuple[str, float, str]] = []
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> RLHFPipeline:
+        return cls(PipelineConfig.from_yaml(path, **overrides))
+
+    # ------------------------------------------------------------------------------------------ stages
+    def _stage(self, recipe_cls: type[Recipe], values: dict[str, Any], **fixed: Any) -> Recipe:
+        values = dict(values)
+        config_file = values.pop("config", None)
+        merged = {"seed": self.config.seed, **values, **fixed, "overwrite_output_dir": True}
+        if config_file is None:
+            return recipe_cls.from_dict(merged)
+        path = Path(config_file)
+        if not path.is_absolute():
+            path = getattr(self.config, "base_dir", Path.cwd()) / path
+        return recipe_cls.from_yaml(path, **merged)
+
+    def _run_stage(self, name: str, out: Path, recipe: Recipe | None = None, build=None) -> dict[str, Any]:
+        """Run a stage unless its metrics.json says it finished (then reuse its metrics)."""
+        done = out / "metrics.json"
+        if done.exists() and not self.config.force:
+            logger.info("%s: finished earlier, skipped (%s)", name, out)
+            metrics = json.loads(done.read_text())
+            self.timings.append((name + " (skipped)", 0.0, _headline(metrics)))
+            return metrics
+        start = time.time()
+        result: RecipeResult = (recipe or build()).run()
+        self.timings.append((name, time.time() - start, _headline(result.metrics)))
+        return result.metrics
+
+    def run(self) -> dict[str, Any]:
+        cfg, run = self.config, self.run_dir
+        start = time.time()
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "pipeline.yaml").write_text(
+            yaml.safe_dump(_jsonable(dataclasses.asdict(cfg)), sort_keys=False)
+        )
+
+        sft_dir = run / "sft"
+        self._run_stage(
+            "1. SFT", sft_dir, build=lambda: self._stage(SFTRecipe, cfg.sft, output_dir=str(sft_dir))
+        )
+        sft_model = str((sft_dir / "merged").resolve())
+
+        policy_model, policy_adapter = sft_model, None
+        comparisons: list[dict] = []
+        for r in range(1, cfg.rounds + 1):
+            round_dir = run / f"round_{r}"
+            round_dir.mkdir(exist_ok=True)
+            comparisons += self.comparisons(round_dir, policy_model, r)
+            data_file = round_dir / "reward_data.jsonl"
+            data_file.write_text("".join(json.dumps(row) + "\n" for row in comparisons))
+            rm_dir = round_dir / "reward"
+            self._run_stage(
+                f"{r}. reward model",
+                rm_dir,
+                build=lambda rm_dir=rm_dir, data_file=data_file: self._stage(
+                    RewardRecipe,
+                    cfg.reward,
+                    model_name_or_path=sft_model,
+                    dataset_name=str(data_file),
+                    output_dir=str(rm_dir),
+                    labeller=None,
+                ),
+            )
+            ppo_dir = round_dir / "ppo"
+            fixed = {
+                "model_name_or_path": sft_model,
+                "reward_model_path": str(rm_dir),
+                "output_dir": str(ppo_dir),
+            }
+            if policy_adapter:
+                fixed["init_policy_adapter"] = policy_adapter
+            self._run_stage(
+                f"{r}. PPO", ppo_dir, build=lambda fixed=fixed: self._stage(PPORecipe, cfg.ppo, **fixed)
+            )
+            policy_model, policy_adapter = str(ppo_dir / "merged"), str(ppo_dir / "policy")
+
+        from .report import evaluate_run
+
+        eval_start = time.time()
+        summary = evaluate_run(self, sft_model)
+        self.timings.append(
+            ("evaluation", time.time() - eval_start, f"win rate vs SFT {summary['win_rate_vs_sft']:.2f}")
+        )
+        summary["seconds"] = time.time() - start
+        summary["stages"] = [{"stage": n, "seconds": s, "metric": m} for n, s, m in self.timings]
+        (run / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.print_summary(summary)
+        return summary
+
+    # ------------------------------------------------------------------------------------------ step 2 data
+    def comparisons(self, round_dir: Path, policy_model: str, round_index: int) -> list[dict]:
+        """This round's ranked comparisons: K answers per prompt from the current policy, ranked by the labeller
+        (or exported for people, then imported once they have ranked them)."""
+        cfg = self.config
+        ranked_file = round_dir / "comparisons.jsonl"
+        human_file = round_dir / "ranked.jsonl"
+        if ranked_file.exists() and not cfg.force:
+            return [json.loads(line) for line in ranked_file.read_text().splitlines()]
+        if self.labeller is None and human_file.exists():
+            rows = import_ranked(human_file)
+        else:
+            start = time.time()
+            rows = self._sample(policy_model, round_index)
+            if self.labeller is None:
+                export_for_ranking(rows, round_dir / "to_rank.jsonl", seed=cfg.seed)
+                raise PausedForRanking(
+                    f"Rank the answers in {round_dir / 'to_rank.jsonl'}, save the file as {human_file} and run the "
+                    "pipeline again: it resumes from there."
+                )
+            rows = rank_with(self.labeller, rows)
+            self.timings.append(
+                (
+                    f"{round_index}. sample + rank",
+                    time.time() - start,
+                    f"{len(rows)} prompts x K={cfg.sample_k}",
+                )
+            )
+        ranked_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return rows
+
+    def _sample(self, policy_model: str, round_index: int) -> list[dict]:
+        from .serve import load_for_inference
+
+        cfg = self.config
+        prompts = load_split(cfg.prompts_dataset, "train")["prompt"]
+        n = cfg.rank_prompts
+        offset = ((round_index - 1) * n) % max(1, len(prompts) - n)  # fresh prompts each round
+        model, tokenizer = load_for_inference(policy_model)
+        rows = sample_answers(
+            model,
+            tokenizer,
+            prompts[offset : offset + n],
+            cfg.sample_k,
+            temperature=cfg.sample_temperature,
+            max_new_tokens=cfg.sample_max_new_tokens,
+            seed=cfg.seed + round_index,
+        )
+        rows, _ = drop_empty_answers(rows)
+        return rows
+
+    # ------------------------------------------------------------------------------------------ output
+    def print_summary(self, summary: dict[str, Any]) -> None:
+        print(f"\n{'stage':<28}{'seconds':>9}  key metric")
+        for name, seconds, metric in self.timings:
+            print(f"{name:<28}{seconds:>9.1f}  {metric}")
+        print(f"{'total':<28}{summary['seconds']:>9.1f}")
+        print(
+            f"\ngold score: SFT {summary['gold_score_sft']:.2f} -> PPO {summary['gold_score_ppo']:.2f} "
+            f"(win rate vs SFT {summary['win_rate_vs_sft']:.2f}, KL {summary['kl']:.2f})"
+        )
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    for key, label in (
+        ("gold_score", "gold score"),
+        ("gold_pair_accuracy", "gold pair accuracy"),
+        ("eval_pairwise_accuracy", "pair accuracy"),
+        ("score_last", "RM score (last)"),
+    ):
+        if key in metrics:
+            return f"{label} {metrics[key]:.2f}"
+    return ""
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def clear(run_dir: str | Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)

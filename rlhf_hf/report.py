@@ -1,0 +1,169 @@
+"""Evaluating a pipeline run: SFT vs each PPO policy, the over-optimisation curve, training curves, summary.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on machines without a display
+import matplotlib.pyplot as plt  # noqa: E402
+from peft import PeftModel  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+from .evaluation import compare_policies, gold_prompts, sample  # noqa: E402
+from .modeling import load_tokenizer  # noqa: E402
+from .reward.model import load_reward_model  # noqa: E402
+from .reward.model import score as rm_score  # noqa: E402
+from .reward.trainer import ranking_metrics  # noqa: E402
+from .tiny.task import DEFAULT_TASK, SimulatedLabeller  # noqa: E402
+
+if TYPE_CHECKING:
+    from .pipeline import RLHFPipeline
+
+logger = logging.getLogger(__name__)
+
+
+def _policy_dirs(run_dir: Path) -> dict[str, Path]:
+    rounds = sorted(run_dir.glob("round_*/ppo/merged"), key=lambda p: int(p.parent.parent.name.split("_")[1]))
+    return {f"ppo_round_{p.parent.parent.name.split('_')[1]}": p for p in rounds}
+
+
+def evaluate_run(pipeline: RLHFPipeline, sft_model: str) -> dict[str, Any]:
+    """Compare SFT and every round's PPO policy on held-out prompts; draw the curves; return the summary."""
+    cfg, run = pipeline.config, pipeline.run_dir
+    out = run / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(sft_model)
+    sft = AutoModelForCausalLM.from_pretrained(sft_model).eval()
+    policies = {"sft": sft} | {
+        n: AutoModelForCausalLM.from_pretrained(p).eval() for n, p in _policy_dirs(run).items()
+    }
+    last = list(policies)[-1]
+    rm_dir = sorted(run.glob("round_*/reward"), key=lambda p: int(p.parent.name.split("_")[1]))[-1]
+    reward = load_reward_model(rm_dir)
+    prompts = gold_prompts(cfg.eval_prompts)
+    kwargs = dict(temperature=cfg.sample_temperature, max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed)
+    table = compare_policies(policies, sft, tokenizer, reward, prompts, **kwargs)
+    rm_accuracy = gold_pair_accuracy(sft, tokenizer, reward, prompts, cfg)
+
+    ppo_dir = run / f"round_{cfg.rounds}" / "ppo"
+    curve = (
+        overoptimisation_curve(ppo_dir, sft_model, tokenizer, reward, prompts, kwargs)
+        if (cfg.eval_every_checkpoint)
+        else []
+    )
+    plot_overoptimisation(curve, out / "overoptimisation.png")
+    plot_training(run, out / "training_curves.png")
+
+    summary = {
+        "gold_score_sft": table["sft"]["gold_score"],
+        "gold_score_ppo": table[last]["gold_score"],
+        "gold_exact_sft": table["sft"]["gold_exact"],
+        "gold_exact_ppo": table[last]["gold_exact"],
+        "rm_accuracy": rm_accuracy,
+        "win_rate_vs_sft": table[last]["win_rate_gold"],
+        "win_rate_vs_sft_rm": table[last]["win_rate_rm"],
+        "kl": table[last]["kl"],
+        "policies": table,
+        "overoptimisation": curve,
+    }
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    print_table(table)
+    return summary
+
+
+def gold_pair_accuracy(model, tokenizer, reward, prompts, cfg) -> float:
+    """RM accuracy on held-out pairs ordered by the noiseless gold judge (K answers sampled from `model`)."""
+    from .reward.sampling import drop_empty_answers, rank_with, sample_answers
+
+    rows = sample_answers(
+        model,
+        tokenizer,
+        prompts,
+        cfg.sample_k,
+        temperature=cfg.sample_temperature,
+        max_new_tokens=cfg.sample_max_new_tokens,
+        seed=cfg.seed + 999,
+    )
+    rows, _ = drop_empty_answers(rows)
+    rows = [
+        r for r in rank_with(SimulatedLabeller(DEFAULT_TASK, noise=0.0), rows) if len(set(r["ranks"])) > 1
+    ]
+    rm_model, rm_tokenizer, _ = reward
+    return ranking_metrics(rm_model, rm_tokenizer, rows)["pairwise_accuracy"]
+
+
+def overoptimisation_curve(ppo_dir: Path, sft_model: str, tokenizer, reward, prompts, kwargs) -> list[dict]:
+    """Gold and proxy (RM) score of the policy at every PPO checkpoint: the proxy may keep rising after gold
+    stops (Goodhart); the gap is what the KL penalty is for."""
+    rm_model, rm_tokenizer, stats = reward
+    checkpoints = sorted(ppo_dir.glob("checkpoint-*/policy"), key=lambda p: int(p.parent.name.split("-")[1]))
+    points = [(0, None), *[(int(p.parent.name.split("-")[1]), p) for p in checkpoints]]
+    curve = []
+    for step, adapter in points:
+        model = AutoModelForCausalLM.from_pretrained(sft_model)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        s = sample(model.eval(), tokenizer, prompts, **kwargs)
+        raw = rm_score(rm_model, rm_tokenizer, s.prompts, s.texts)
+        curve.append(
+            {
+                "update": step,
+                "gold_score": sum(DEFAULT_TASK.score(p, a) for p, a in zip(s.prompts, s.texts, strict=True))
+                / len(s.texts),
+                "rm_score": sum((r - stats["mean"]) / max(stats["std"], 1e-8) for r in raw) / len(raw),
+            }
+        )
+    return curve
+
+
+def plot_overoptimisation(curve: list[dict], path: Path) -> None:
+    fig, gold_ax = plt.subplots(figsize=(6, 4))
+    if curve:
+        x = [c["update"] for c in curve]
+        gold_ax.plot(x, [c["gold_score"] for c in curve], "o-", color="tab:green", label="gold score")
+        rm_ax = gold_ax.twinx()
+        rm_ax.plot(x, [c["rm_score"] for c in curve], "s--", color="tab:blue", label="RM score (normalised)")
+        rm_ax.set_ylabel("RM score (proxy)", color="tab:blue")
+    gold_ax.set_xlabel("PPO update")
+    gold_ax.set_ylabel("gold score", color="tab:green")
+    gold_ax.set_title("Over-optimisation: gold vs proxy reward")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_training(run_dir: Path, path: Path) -> None:
+    keys = [("objective/scores", "RM score"), ("objective/kl", "KL to SFT"), ("objective/entropy", "entropy")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(12, 3.5))
+    for history_file in sorted(run_dir.glob("round_*/ppo/log_history.json")):
+        history = [h for h in json.loads(history_file.read_text()) if "objective/scores" in h]
+        label = history_file.parent.parent.name
+        for ax, (key, title) in zip(axes, keys, strict=True):
+            ax.plot([h["step"] for h in history], [h[key] for h in history], label=label)
+            ax.set_title(title)
+            ax.set_xlabel("PPO update")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def print_table(table: dict[str, dict[str, float]]) -> None:
+    cols = [
+        "gold_score",
+        "gold_exact",
+        "rm_score",
+        "win_rate_gold",
+        "win_rate_rm",
+        "kl",
+        "length",
+        "eos_rate",
+    ]
+    print(f"\n{'policy':<14}" + "".join(f"{c:>14}" for c in cols))
+    for name, row in table.items():
+        print(f"{name:<14}" + "".join(f"{row.get(c, float('nan')):>14.3f}" for c in cols))
