@@ -76,6 +76,9 @@ class PPORecipeConfig(RecipeArgs, TrainingArguments, ModelConfig):
         metadata={"help": "Longest chat-templated prompt in tokens; longer prompts are an error."},
     )
     max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled answer, in tokens."})
+    min_new_tokens: int = field(
+        default=0, metadata={"help": "Shortest sampled answer (eos suppressed before it); benchmarks fix lengths."}
+    )
     temperature: float = field(
         default=1.0,
         metadata={"help": "Sampling temperature; log-probs (policy and reference) use the same temperature."},

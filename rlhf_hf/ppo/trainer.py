@@ -131,6 +131,7 @@ class PPOTrainer(Trainer):
         tokenizer = processing_class
         self.generation_config = GenerationConfig(
             max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.min_new_tokens or None,
             do_sample=True,
             temperature=args.temperature,
             top_p=args.top_p,
@@ -138,6 +139,11 @@ class PPOTrainer(Trainer):
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
+        if args.gradient_checkpointing:  # Trainer.train() would do this; our train() replaces it
+            kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+            for module in (model.causal_lm, model.value_model):
+                if module is not None:
+                    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.create_optimizer_and_scheduler(num_training_steps=self.max_updates)
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         for attr in ("model", "optimizer", "lr_scheduler"):
@@ -213,6 +219,7 @@ class PPOTrainer(Trainer):
         args, roles, tokenizer = self.args, self.roles, self.processing_class
         device = self.accelerator.device
         batch = encode_prompts(tokenizer, prompts).to(device)
+        self.model_wrapped.eval()  # sampling keeps its KV cache even when training uses checkpointing
         start = time.time()
         with self.accelerator.autocast():
             sequences = roles.generate(
