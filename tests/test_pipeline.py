@@ -1,0 +1,105 @@
+"""The whole recipe: rounds of sample -> rank -> RM -> PPO, human ranking round trip, resume of finished stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from rlhf_hf.pipeline import PausedForRanking, PipelineConfig, RLHFPipeline
+from rlhf_hf.reward.collect import import_ranked
+
+CONFIGS = ROOT / "recipes" / "configs"
+
+
+def _config(tmp_path, **top) -> PipelineConfig:
+    """A quick version of pipeline_tiny.yaml: short stages, few prompts."""
+    values = {
+        "run_dir": str(tmp_path / "run"),
+        "rounds": 1,
+        "rank_prompts": 48,
+        "eval_prompts": 32,
+        "sft": {"config": str(CONFIGS / "sft_tiny.yaml"), "max_steps": 30, "eval_gold_prompts": 0},
+        "reward": {"config": str(CONFIGS / "reward_tiny.yaml"), "eval_gold_prompts": 0},
+        "ppo": {
+            "config": str(CONFIGS / "ppo_tiny.yaml"),
+            "max_steps": 4,
+            "save_steps": 2,
+            "save_total_limit": None,
+            "per_device_train_batch_size": 8,
+            "eval_gold_prompts": 0,
+            "ptx_coef": 0.05,
+        },
+        **top,
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return PipelineConfig.from_yaml(path)
+
+
+def test_two_rounds_chain_the_stages_and_write_the_report(tmp_path, tiny_base):
+    summary = RLHFPipeline(_config(tmp_path, rounds=2)).run()
+    run = tmp_path / "run"
+    for stage in (
+        "sft/merged",
+        "round_1/reward",
+        "round_1/ppo/merged",
+        "round_2/reward",
+        "round_2/ppo/merged",
+    ):
+        assert (run / stage).is_dir(), stage
+    # round 2: comparisons sampled from round 1's policy are added to round 1's, the policy continues round 1's
+    round_1 = (run / "round_1" / "reward_data.jsonl").read_text().splitlines()
+    round_2 = (run / "round_2" / "reward_data.jsonl").read_text().splitlines()
+    assert len(round_2) > len(round_1) and round_2[: len(round_1)] == round_1
+    ppo_2 = json.loads((run / "round_2" / "ppo" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert ppo_2["global_step"] == 2
+    for key in ("gold_score_sft", "gold_score_ppo", "rm_accuracy", "win_rate_vs_sft", "kl", "seconds"):
+        assert isinstance(summary[key], float), key
+    assert set(summary["policies"]) == {"sft", "ppo_round_1", "ppo_round_2"}
+    assert [p["update"] for p in summary["overoptimisation"]] == [0, 2, 4]
+    assert summary["policies"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-5)
+    for png in ("overoptimisation.png", "training_curves.png"):
+        assert (run / "eval" / png).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run / "summary.json").read_text())["gold_score_ppo"] == summary["gold_score_ppo"]
+
+
+def test_finished_stages_are_skipped_on_rerun_unless_forced(tmp_path, tiny_base):
+    config = _config(tmp_path)
+    RLHFPipeline(config).run()
+    run = tmp_path / "run"
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("**/metrics.json")}
+    again = RLHFPipeline(config)
+    again.run()
+    assert {p: p.stat().st_mtime_ns for p in run.glob("**/metrics.json")} == stamps
+    assert [name for name, *_ in again.timings if "skipped" in name] == [
+        "1. SFT (skipped)",
+        "1. reward model (skipped)",
+        "1. PPO (skipped)",
+    ]
+
+
+def test_human_ranking_round_trip_pauses_and_resumes(tmp_path, tiny_base):
+    config = _config(tmp_path, labeller="human")
+    with pytest.raises(PausedForRanking, match="ranked.jsonl"):
+        RLHFPipeline(config).run()
+    round_dir = tmp_path / "run" / "round_1"
+    exported = [json.loads(line) for line in (round_dir / "to_rank.jsonl").read_text().splitlines()]
+    assert exported and all(row["ranks"] == {} for row in exported)
+    for row in exported:  # a "person" ranks by length, shortest first (ties share a rank)
+        lengths = sorted({len(r["response"]) for r in row["responses"]})
+        row["ranks"] = {r["id"]: lengths.index(len(r["response"])) + 1 for r in row["responses"]}
+    (round_dir / "ranked.jsonl").write_text("".join(json.dumps(row) + "\n" for row in exported))
+    summary = RLHFPipeline(config).run()
+    comparisons = [json.loads(line) for line in (round_dir / "comparisons.jsonl").read_text().splitlines()]
+    assert comparisons == import_ranked(round_dir / "ranked.jsonl")
+    assert (round_dir / "ppo" / "metrics.json").exists() and "gold_score_ppo" in summary
+
+
+def test_unknown_pipeline_key_is_an_error(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("rounds: 1\nround: 2\n")
+    with pytest.raises(ValueError, match="round"):
+        PipelineConfig.from_yaml(path)
