@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         from .demo import run_demo
 
-        run_demo(*rest[:1])
+        run_demo(*rest[:1], force=True)
         return 0
     if command == "pretrain-tiny":
         from .tiny.model import get_tiny_base
