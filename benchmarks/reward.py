@@ -43,6 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--gold-prompts", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--ours-epochs", type=int, default=1, help="epochs for ours (e.g. 3 = TRL's compute at K=4)"
+    )
     parser.add_argument("--full", action="store_true", help="train all weights instead of LoRA")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,11 +72,11 @@ def as_pairs(rows: list[dict]) -> Dataset:
     return Dataset.from_list(pairs)
 
 
-def train_config(args: argparse.Namespace, batch_size: int) -> RewardConfig:
+def train_config(args: argparse.Namespace, batch_size: int, epochs: int = 1) -> RewardConfig:
     cuda = args.device.startswith("cuda")
     return RewardConfig(
         output_dir="/tmp/rlhf_hf_bench_reward",
-        num_train_epochs=1,
+        num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=args.lr,
         lr_scheduler_type="cosine",
@@ -105,12 +108,13 @@ def run_one(
     train: Dataset,
     batch_size: int,
     gold: list[dict],
+    epochs: int = 1,
     **kw,
 ) -> dict[str, Any]:
     peft = lora_config(ModelConfig(use_peft=not args.full, lora_r=16, lora_alpha=32), TaskType.SEQ_CLS)
     trainer = trainer_class(
         model=fresh_model(args, tokenizer.pad_token_id),
-        args=train_config(args, batch_size),
+        args=train_config(args, batch_size, epochs),
         train_dataset=train,
         processing_class=tokenizer,
         peft_config=peft,
@@ -153,13 +157,22 @@ def main() -> None:
         pairs = as_pairs(ranked.rows)
         answers = sum(len(r["responses"]) for r in ranked.rows)
         pairs_per_step = max(1, round(args.prompts_per_step * len(pairs) / len(ranked.rows)))
-        ours = run_one(RankedRewardTrainer, args, tokenizer, ranked.dataset, args.prompts_per_step, gold)
+        ours = run_one(
+            RankedRewardTrainer,
+            args,
+            tokenizer,
+            ranked.dataset,
+            args.prompts_per_step,
+            gold,
+            args.ours_epochs,
+        )
         trl = run_one(RewardTrainer, args, tokenizer, pairs, pairs_per_step, gold)
         results.append((k, len(ranked.rows), answers, len(pairs), ours, trl))
 
     when = datetime.date.today().isoformat()
     print(
-        f"\n{when}, device={args.device}, {args.prompts} prompts, {args.prompts_per_step} prompts/step, lr={args.lr}"
+        f"\n{when}, device={args.device}, {args.prompts} prompts, {args.prompts_per_step} prompts/step, lr={args.lr}, "
+        f"epochs ours={args.ours_epochs}, TRL=1"
     )
     print(
         "| K | prompts | forwards/epoch ours / TRL | steps ours / TRL | seconds ours | seconds TRL | speed-up "

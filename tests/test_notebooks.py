@@ -13,7 +13,9 @@ def _execute(name: str, parameters: str, tmp_path) -> nbformat.NotebookNode:
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     assert nb.cells[1].source.startswith("# Parameters")  # the tests own this cell
     nb.cells[1].source = parameters
-    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+        nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     return nb
 
 
@@ -28,7 +30,9 @@ def _last_json(nb: nbformat.NotebookNode) -> dict:
 
 
 def test_walkthrough_notebook_runs_and_rlhf_improves_the_gold_score(tmp_path, tiny_base):
-    nb = _execute("01_rlhf_walkthrough.ipynb", f'RUN_DIR = "{tmp_path}"\nSEED = 0\nPPO_UPDATES = 40', tmp_path)
+    nb = _execute(
+        "01_rlhf_walkthrough.ipynb", f'RUN_DIR = "{tmp_path}"\nSEED = 0\nPPO_UPDATES = 40', tmp_path
+    )
     r = _last_json(nb)
     assert r["rm_exact_minus_wrong"] > 0.5  # the reward model scores correct answers higher
     assert r["rm_score_last"] > r["rm_score_first"]  # PPO raised the proxy reward ...

@@ -77,7 +77,8 @@ class PPORecipeConfig(RecipeArgs, TrainingArguments, ModelConfig):
     )
     max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled answer, in tokens."})
     min_new_tokens: int = field(
-        default=0, metadata={"help": "Shortest sampled answer (eos suppressed before it); benchmarks fix lengths."}
+        default=0,
+        metadata={"help": "Shortest sampled answer (eos suppressed before it); benchmarks fix lengths."},
     )
     temperature: float = field(
         default=1.0,

@@ -1,0 +1,297 @@
+"""Step 2, the reward model: the SFT model + a scalar head, trained on K ranked answers per prompt.
+
+Data is either a ranked/pairwise dataset (any format `reward.data.to_ranked` reads) or, with `labeller`,
+K answers sampled from the SFT model per prompt and ranked by a simulated labeller (the embedded task).
+
+Output (the contract PPO loads): `<output_dir>/` = LoRA adapter (SEQ_CLS, `score` head in modules_to_save,
+base = the SFT dir) or, with `use_peft: false`, the full model; tokenizer; `reward_stats.json` (reward mean/std
+on the training responses, for PPO's normalisation); `metrics.json`; with `merge: true` also `merged/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from peft import TaskType
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig, RewardConfig
+
+from ..data import train_eval_splits
+from ..evaluation import gold_prompts
+from ..modeling import (
+    load_sequence_classifier,
+    load_tokenizer,
+    lora_config,
+    resolve_dtype,
+    resolve_model_path,
+)
+from ..recipe import Recipe, RecipeArgs, RecipeResult
+from ..tiny.task import DEFAULT_TASK, SimulatedLabeller
+from .model import load_reward_model, reward_stats, score_ids, write_stats
+from .sampling import drop_empty_answers, rank_with, sample_answers
+from .trainer import PreparedRanked, RankedRewardTrainer, prepare_ranked, ranking_metrics
+
+logger = logging.getLogger(__name__)
+
+LABELLERS = ("simulated",)
+TIES = ("drop", "error")
+
+
+@dataclass
+class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
+    """`RewardConfig` + `trl.ModelConfig` + dataset/sampling/output fields, with defaults for RLHF's step 2."""
+
+    model_name_or_path: str | None = field(
+        default="runs/sft/merged",
+        metadata={"help": "The SFT model (merged dir) the reward model starts from."},
+    )
+    dataset_name: str | None = field(
+        default="rlhf-hf/tiny-sort-prompts",
+        metadata={
+            "help": "Ranked/pairwise data, or prompts (a `prompt` column) to sample from with `labeller`."
+        },
+    )
+    output_dir: str | None = field(default="runs/reward", metadata={"help": "Adapter, stats and metrics."})
+    use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters + the score head."})
+    merge: bool = field(
+        default=False, metadata={"help": "Also write a standalone model to `<output_dir>/merged`."}
+    )
+    drop_long_rows: bool = field(
+        default=False,
+        metadata={"help": "Drop prompts with an answer longer than max_length instead of raising."},
+    )
+    ties: str = field(
+        default="drop", metadata={"help": "Prompts whose answers all tie: `drop` (counted) or `error`."}
+    )
+    margin_scale: float = field(
+        default=0.0,
+        metadata={"help": "Loss margin = margin_scale * (score_w - score_l) where rows have scores."},
+    )
+    max_prompts: int | None = field(
+        default=None, metadata={"help": "Use at most this many training prompts."}
+    )
+    labeller: str | None = field(
+        default=None,
+        metadata={"help": "`simulated`: sample `sample_k` answers per prompt and rank them (embedded task)."},
+    )
+    labeller_noise: float = field(default=0.05, metadata={"help": "Std of the simulated labeller's noise."})
+    sample_k: int = field(default=4, metadata={"help": "Answers sampled per prompt (K)."})
+    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    sample_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
+    sample_max_new_tokens: int = field(default=16, metadata={"help": "Longest sampled answer."})
+    sample_batch_size: int = field(default=256, metadata={"help": "Prompts x K generated per batch."})
+    eval_gold_prompts: int = field(
+        default=200,
+        metadata={"help": "Held-out prompts for gold pair accuracy (embedded task only; 0 = off)."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.labeller is not None and self.labeller not in LABELLERS:
+            raise ValueError(f"labeller must be one of {list(LABELLERS)} or null, got {self.labeller!r}")
+        if self.ties not in TIES:
+            raise ValueError(f"ties must be one of {list(TIES)}, got {self.ties!r}")
+
+
+class RewardRecipe(Recipe):
+    config_class = RewardRecipeConfig
+    name = "reward"
+
+    def run(self) -> RecipeResult:
+        cfg: RewardRecipeConfig = self.config
+        start = time.time()
+        if not cfg.overwrite_output_dir:
+            self.check_output_dir()  # refuses a non-empty dir now, before minutes of sampling
+        cfg.model_name_or_path = _absolute_if_local(cfg.model_name_or_path)  # recorded in the adapter config
+        tokenizer = load_tokenizer(
+            cfg.model_name_or_path, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
+        )
+        # ---- 1. data: ranked rows (sampled + labelled, or read), validated and tokenised before the RM loads
+        train_rows, eval_rows, gold_rows, metrics = self._collect(tokenizer)
+        train = self._prepare(train_rows, tokenizer, "train")
+        evaluation = self._prepare(eval_rows, tokenizer, "eval") if eval_rows is not None else None
+        metrics.update(
+            train_prompts=len(train.rows),
+            train_answers=sum(len(r["responses"]) for r in train.rows),
+            dropped_all_tied=train.report.n_dropped_all_tied,
+            dropped_too_long=len(train.dropped_too_long),
+        )
+        output_dir = self.check_output_dir()
+
+        # ---- 2. the SFT model + scalar head, trained by (our subclass of) TRL's RewardTrainer
+        trainer = self._trainer(tokenizer, train, evaluation)
+        train_start = time.time()
+        metrics["train_loss"] = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint).training_loss
+        metrics["train_seconds"] = time.time() - train_start
+        model = trainer.model
+
+        # ---- 3. reward statistics on the training responses, held-out metrics, artifacts
+        rewards = score_ids(
+            model, _flat(train.dataset["answer_ids"]), tokenizer.pad_token_id, cfg.eval_batch_size
+        )
+        reference = (
+            f"train responses ({len(rewards)} answers to {len(train.rows)} prompts of {cfg.dataset_name})"
+        )
+        stats = reward_stats(rewards, reference)
+        metrics.update(reward_mean=stats["mean"], reward_std=stats["std"])
+        if evaluation is not None:
+            held_out = ranking_metrics(model, tokenizer, evaluation.rows, batch_size=cfg.eval_batch_size)
+            metrics.update({f"eval_{k}": v for k, v in held_out.items()})
+        if gold_rows:
+            gold = ranking_metrics(model, tokenizer, gold_rows, batch_size=cfg.eval_batch_size)
+            metrics.update(
+                gold_pair_accuracy=gold["pairwise_accuracy"],
+                gold_pairs=gold["pairs"],
+                gold_kendall_tau=gold["kendall_tau"],
+            )
+        if trainer.is_world_process_zero():
+            self._save(trainer, tokenizer, output_dir, stats)
+        metrics["seconds"] = time.time() - start
+        if trainer.is_world_process_zero():
+            self.write_metrics(output_dir, metrics)
+        return RecipeResult(output_dir=str(output_dir), metrics=metrics)
+
+    # ------------------------------------------------------------------------------------------ data
+    def _collect(
+        self, tokenizer: PreTrainedTokenizerBase
+    ) -> tuple[list[dict], list[dict] | None, list[dict], dict[str, Any]]:
+        """(train rows, eval rows, gold-ranked rows, metrics): read from the dataset or sampled and labelled."""
+        cfg: RewardRecipeConfig = self.config
+        train, evaluation = train_eval_splits(
+            cfg.dataset_name,
+            cfg.dataset_config,
+            cfg.dataset_train_split,
+            cfg.dataset_test_split,
+            cfg.eval_fraction,
+            cfg.seed,
+        )
+        if cfg.max_prompts is not None:
+            train = train.select(range(min(cfg.max_prompts, len(train))))
+        if cfg.labeller is None:
+            if set(train.column_names) <= {"prompt"}:
+                raise ValueError(
+                    f"{cfg.dataset_name!r} holds prompts only (columns {train.column_names}): set `labeller: "
+                    "simulated` to sample and rank answers, or give a ranked dataset"
+                )
+            return list(train), None if evaluation is None else list(evaluation), [], {}
+        for where, split in (("train", train), ("eval", evaluation)):
+            if split is not None and "prompt" not in split.column_names:
+                raise ValueError(
+                    f"{where}: missing column 'prompt' to sample answers for; found {split.column_names}"
+                )
+        return self._sample_and_rank(tokenizer, train, evaluation)
+
+    def _sample_and_rank(
+        self, tokenizer: PreTrainedTokenizerBase, train: Dataset, evaluation: Dataset | None
+    ) -> tuple[list[dict], list[dict] | None, list[dict], dict[str, Any]]:
+        """K answers per prompt from the SFT model, ranked by the simulated labeller (gold rows: noiselessly)."""
+        cfg: RewardRecipeConfig = self.config
+        start = time.time()
+        policy = _load_policy(cfg)
+        labeller = SimulatedLabeller(DEFAULT_TASK, noise=cfg.labeller_noise, seed=cfg.seed)
+
+        def sampled(prompts: list, seed: int) -> tuple[list[dict], int]:
+            rows = sample_answers(
+                policy,
+                tokenizer,
+                prompts,
+                cfg.sample_k,
+                temperature=cfg.sample_temperature,
+                top_p=cfg.sample_top_p,
+                max_new_tokens=cfg.sample_max_new_tokens,
+                seed=seed,
+                batch_size=cfg.sample_batch_size,
+                progress=not cfg.disable_tqdm,
+            )
+            return drop_empty_answers(rows)
+
+        train_rows, empty = sampled(train["prompt"], cfg.seed)
+        train_rows = rank_with(labeller, train_rows)
+        eval_rows = None
+        if evaluation is not None:
+            eval_rows, _ = sampled(evaluation["prompt"], cfg.seed + 1)
+            eval_rows = rank_with(labeller, eval_rows)
+        gold_rows: list[dict] = []
+        if cfg.eval_gold_prompts:  # ranked by the noiseless judge: pairs with different gold scores count
+            gold_rows, _ = sampled(gold_prompts(cfg.eval_gold_prompts), cfg.seed + 2)
+            gold_rows = rank_with(SimulatedLabeller(DEFAULT_TASK, noise=0.0), gold_rows)
+        return (
+            train_rows,
+            eval_rows,
+            gold_rows,
+            {"empty_answers_dropped": empty, "sampling_seconds": time.time() - start},
+        )
+
+    def _prepare(self, rows: list[dict], tokenizer: PreTrainedTokenizerBase, where: str) -> PreparedRanked:
+        cfg: RewardRecipeConfig = self.config
+        return prepare_ranked(
+            rows,
+            tokenizer,
+            max_length=cfg.max_length,
+            drop_long_rows=cfg.drop_long_rows,
+            ties=cfg.ties,
+            where=where,
+        )
+
+    # ------------------------------------------------------------------------------------------ model
+    def _trainer(
+        self, tokenizer: PreTrainedTokenizerBase, train: PreparedRanked, evaluation: PreparedRanked | None
+    ) -> RankedRewardTrainer:
+        cfg: RewardRecipeConfig = self.config
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+        with suppress_seqcls_warning():  # the SFT checkpoint has no `score` head yet: expected
+            model = load_sequence_classifier(
+                cfg,
+                pad_token_id=tokenizer.pad_token_id,
+                trust_remote_code=cfg.trust_remote_code,
+                gradient_checkpointing=cfg.gradient_checkpointing,
+            )
+        return RankedRewardTrainer(
+            model=model,
+            args=cfg,
+            train_dataset=train.dataset,
+            eval_dataset=None if evaluation is None else evaluation.dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg, TaskType.SEQ_CLS),
+            margin_scale=cfg.margin_scale,
+        )
+
+    def _save(
+        self, trainer: RankedRewardTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path, stats: dict
+    ) -> None:
+        """Adapter (or full model) + tokenizer + stats; `merged/` reloads base + adapter unquantised and merges."""
+        cfg: RewardRecipeConfig = self.config
+        trainer.save_model(str(output_dir))
+        tokenizer.save_pretrained(output_dir)
+        write_stats(output_dir, stats)
+        if cfg.use_peft and cfg.merge:
+            merged, _, _ = load_reward_model(output_dir, dtype=cfg.dtype)
+            merged.save_pretrained(output_dir / "merged", safe_serialization=True)
+            tokenizer.save_pretrained(output_dir / "merged")
+            write_stats(output_dir / "merged", stats)
+
+
+def _load_policy(cfg: RewardRecipeConfig) -> PreTrainedModel:
+    """The SFT model to sample from, unquantised (sampling quality should not depend on the RM's bit width)."""
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(cfg.model_name_or_path),
+        revision=cfg.model_revision,
+        dtype=resolve_dtype(cfg.dtype),
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    return model.to(cfg.device)
+
+
+def _absolute_if_local(name_or_path: str) -> str:
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def _flat(nested: list[list[Any]]) -> list[Any]:
+    return [item for inner in nested for item in inner]

@@ -1,0 +1,73 @@
+"""Collecting comparisons: sample K answers per prompt from a policy, then have them ranked.
+
+`sample_answers` -> `rank_with(labeller, rows)` gives training rows directly (simulated labeller), or
+`sample_answers` -> `collect.export_for_ranking` -> humans -> `collect.import_ranked` gives them from people.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..generation import Prompt, generate
+
+# A labeller maps (prompt, K responses) to K ranks (1 = best, ties share a rank), like `SimulatedLabeller`.
+Labeller = Callable[[Prompt, Sequence[str]], list[int]]
+
+
+def sample_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    k: int,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> list[dict]:
+    """`[{"prompt", "responses": [K sampled answers]}]`, one row per prompt, in prompt order.
+
+    Each prompt is repeated K times in the generation batch so its K answers are independent samples.
+    """
+    if k < 2:
+        raise ValueError(f"sample_k must be >= 2 to have something to compare, got {k}")
+    repeated = [p for p in prompts for _ in range(k)]
+    torch.manual_seed(seed)
+    answers = generate(
+        model,
+        tokenizer,
+        repeated,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return [{"prompt": p, "responses": answers[i * k : (i + 1) * k]} for i, p in enumerate(prompts)]
+
+
+def drop_empty_answers(rows: Sequence[dict]) -> tuple[list[dict], int]:
+    """Remove blank answers (the policy stopped at once), which no labeller can rank; rows left with < 2 go.
+
+    Returns the kept rows and the number of answers removed (the recipe reports it).
+    """
+    kept, removed = [], 0
+    for row in rows:
+        responses = [r for r in row["responses"] if r.strip()]
+        removed += len(row["responses"]) - len(responses)
+        if len(responses) >= 2:
+            kept.append({**row, "responses": responses})
+        else:
+            removed += len(responses)
+    return kept, removed
+
+
+def rank_with(labeller: Labeller, rows: Sequence[dict]) -> list[dict]:
+    """Rows with the labeller's `ranks` added (1 = best); prompts and responses unchanged."""
+    return [{**row, "ranks": labeller(row["prompt"], row["responses"])} for row in rows]

@@ -1,0 +1,218 @@
+"""TRL's `RewardTrainer`, taught InstructGPT's ranked loss: one batch element = one prompt with all K answers.
+
+Why a subclass of `trl.RewardTrainer` (not `transformers.Trainer`): everything except the data layout and the
+loss is what we want from it: model/PEFT wrapping (LoRA, k-bit bases, gradient checkpointing), pad-token
+wiring for sequence classifiers, metric logging, checkpoints and model cards. Only three hooks change:
+
+- `_prepare_dataset`: ranked rows -> `answer_ids` (K token lists per prompt) instead of chosen/rejected ids;
+- the collator flattens each prompt's K answers into consecutive rows, right-padded, so every answer is
+  forwarded exactly once (TRL's pairwise layout forwards an answer once per pair it is in: K-1 times);
+- `compute_loss` reads one reward per answer and applies `ranked_loss` over all C(K, 2) pairs per prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import RewardConfig, RewardTrainer
+
+from .data import RankedReport, pairs_from_ranks, to_ranked, validate_ranked
+from .loss import ranked_loss
+from .metrics import load_metric
+from .model import encode, pad_right, score
+
+COLUMNS = ["answer_ids", "ranks", "scores"]
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class PreparedRanked:
+    """Tokenised rows for the trainer, the canonical rows they came from, and what was dropped."""
+
+    dataset: Dataset
+    rows: list[dict]
+    report: RankedReport
+    dropped_too_long: list[int]
+
+
+def prepare_ranked(
+    rows: Iterable[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int | None,
+    drop_long_rows: bool = False,
+    ties: str = "drop",
+    where: str = "train",
+) -> PreparedRanked:
+    """Validate (`validate_ranked`), tokenise every (prompt, answer) and check lengths, before any training.
+
+    A too-long answer would be truncated, losing the end of the answer where the reward is read, so it raises
+    naming the source row and field unless `drop_long_rows` (then the whole prompt is dropped and counted).
+    """
+    rows = list(rows)
+    try:
+        kept, report = validate_ranked(rows, ties=ties)
+    except ValueError as err:
+        raise ValueError(f"{where} {err}") from None
+    # validate_ranked keeps row order and drops exactly the rows without a pair: recover source indices
+    sources = [i for i, row in enumerate(rows) if pairs_from_ranks(to_ranked(row, i)["ranks"])]
+    columns: dict[str, list] = {name: [] for name in COLUMNS}
+    out_rows, too_long = [], []
+    for source, row in zip(sources, kept, strict=True):
+        ids = [encode(tokenizer, row["prompt"], response) for response in row["responses"]]
+        longest = max(range(len(ids)), key=lambda j: len(ids[j]))
+        if max_length is not None and len(ids[longest]) > max_length:
+            if not drop_long_rows:
+                raise ValueError(
+                    f"{where} row {source}: field 'responses[{longest}]' is {len(ids[longest])} tokens with its "
+                    f"prompt, longer than max_length={max_length}; raise max_length or set `drop_long_rows: true`"
+                )
+            too_long.append(source)
+            continue
+        columns["answer_ids"].append(ids)
+        columns["ranks"].append(row["ranks"])
+        columns["scores"].append(row["scores"] or [math.nan] * len(ids))
+        out_rows.append(row)
+    return PreparedRanked(Dataset.from_dict(columns), out_rows, report, too_long)
+
+
+@dataclass
+class RankedCollator:
+    """Prompts' answers as consecutive rows (right-padded) + `group_sizes`, `ranks`, `margin_scores`.
+
+    Prompts with different K batch together: `group_sizes` says which rows belong to which prompt.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = pad_right(
+            [ids for ex in examples for ids in ex["answer_ids"]], self.pad_token_id, self.pad_to_multiple_of
+        )
+        batch["group_sizes"] = torch.tensor([len(ex["answer_ids"]) for ex in examples], dtype=torch.long)
+        batch["ranks"] = torch.tensor([r for ex in examples for r in ex["ranks"]], dtype=torch.long)
+        batch["margin_scores"] = torch.tensor(
+            [math.nan if s is None else s for ex in examples for s in ex["scores"]], dtype=torch.float32
+        )
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class RankedRewardTrainer(RewardTrainer):
+    """`trl.RewardTrainer` on ranked rows (see module docstring); accepts a tokenised or a raw ranked dataset.
+
+    `margin_scale` turns score differences into a loss margin (0 = off); `args.center_rewards_coefficient`
+    keeps rewards near zero as in TRL.
+    """
+
+    def __init__(self, *args: Any, margin_scale: float = 0.0, **kwargs: Any) -> None:
+        self.margin_scale = margin_scale
+        default_collator = kwargs.get("data_collator") is None
+        if default_collator:  # pad id known only once the parent has settled the tokenizer's pad token
+            kwargs["data_collator"] = RankedCollator(pad_token_id=-1)
+        super().__init__(*args, **kwargs)
+        if default_collator:
+            self.data_collator.pad_token_id = self.processing_class.pad_token_id
+            self.data_collator.pad_to_multiple_of = self.args.pad_to_multiple_of
+
+    def _prepare_dataset(
+        self,
+        dataset: Dataset,
+        processing_class: PreTrainedTokenizerBase,
+        args: RewardConfig,
+        dataset_name: str,
+    ) -> Dataset:
+        if "answer_ids" in dataset.column_names:
+            return dataset
+        return prepare_ranked(
+            dataset, processing_class, max_length=args.max_length, where=dataset_name
+        ).dataset
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = list(COLUMNS)
+
+    def compute_loss(
+        self,
+        model: PreTrainedModel,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        mode = "train" if self.model.training else "eval"
+        outputs = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+        )
+        loss, stats = ranked_loss(
+            outputs.logits,
+            inputs["group_sizes"],
+            inputs["ranks"],
+            inputs.get("margin_scores"),
+            margin_scale=self.margin_scale,
+            center_coef=self.args.center_rewards_coefficient,
+        )
+        self._log_batch(mode, inputs, outputs.logits, stats)
+        return (loss, outputs) if return_outputs else loss
+
+    def _log_batch(
+        self, mode: str, inputs: dict[str, torch.Tensor], rewards: torch.Tensor, stats: dict[str, float]
+    ) -> None:
+        """The same metrics TRL's RewardTrainer logs, so dashboards compare like for like."""
+        if mode == "train":
+            tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += tokens // self._tp_size
+        metrics = self._metrics[mode]
+        metrics["num_tokens"] = [self._total_train_tokens]
+        with torch.no_grad():
+            all_rewards = self.accelerator.gather(rewards.detach())
+            metrics["min_reward"].append(all_rewards.min().item())
+            metrics["mean_reward"].append(all_rewards.mean().item())
+            metrics["max_reward"].append(all_rewards.max().item())
+            for key, name in (("accuracy", "accuracy"), ("margin_mean", "margin")):
+                value = torch.tensor(stats[key], device=rewards.device)
+                value = self.accelerator.gather_for_metrics(value).nanmean().item()
+                if not math.isnan(value):
+                    metrics[name].append(value)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def ranking_metrics(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Held-out quality of a reward model on ranked rows: pairwise accuracy, mean Kendall tau, loss, rewards.
+
+    Every answer is scored once; pairwise accuracy and tau come from the shipped `evaluate` modules.
+    """
+    prompts = [row["prompt"] for row in rows for _ in row["responses"]]
+    responses = [r for row in rows for r in row["responses"]]
+    rewards = score(model, tokenizer, prompts, responses, batch_size)
+    sizes = [len(row["responses"]) for row in rows]
+    grouped, start = [], 0
+    for k in sizes:
+        grouped.append(rewards[start : start + k])
+        start += k
+    references = [list(row["ranks"]) for row in rows]
+    accuracy = load_metric("pairwise_accuracy").compute(predictions=grouped, references=references)
+    tau = load_metric("kendall_tau").compute(predictions=grouped, references=references)
+    flat_ranks = torch.tensor([r for ranks in references for r in ranks])
+    loss, _ = ranked_loss(torch.tensor(rewards), sizes, flat_ranks)
+    values = torch.tensor(rewards)
+    return {
+        "pairwise_accuracy": accuracy["pairwise_accuracy"],
+        "pairs": accuracy["pairs"],
+        "kendall_tau": tau["kendall_tau"],
+        "loss": loss.item(),
+        "reward_mean": values.mean().item(),
+        "reward_std": values.std(unbiased=False).item(),
+    }
