@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from rlhf_hf.cli import main
 from rlhf_hf.pipeline import PausedForRanking, PipelineConfig, RLHFPipeline
 from rlhf_hf.reward.collect import import_ranked
 
@@ -64,6 +65,11 @@ def test_two_rounds_chain_the_stages_and_write_the_report(tmp_path, tiny_base):
     for png in ("overoptimisation.png", "training_curves.png"):
         assert (run / "eval" / png).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "summary.json").read_text())["gold_score_ppo"] == summary["gold_score_ppo"]
+    # `rlhf-hf eval` re-evaluates the finished run from its directory alone (same seeds: same numbers)
+    (run / "eval" / "evaluation.json").unlink()
+    assert main(["eval", "--run", str(run)]) == 0
+    again = json.loads((run / "eval" / "evaluation.json").read_text())
+    assert again["gold_score_ppo"] == pytest.approx(summary["gold_score_ppo"])
 
 
 def test_finished_stages_are_skipped_on_rerun_unless_forced(tmp_path, tiny_base):
