@@ -103,13 +103,14 @@ def _pipeline(args: list[str]) -> int:
 
 def _eval(args: list[str]) -> int:
     from .pipeline import PipelineConfig, RLHFPipeline
-    from .report import evaluate_run
+    from .report import evaluate_run, print_table
 
     parser = argparse.ArgumentParser("rlhf-hf eval")
     parser.add_argument("--run", required=True, help="a pipeline run dir (holds pipeline.yaml)")
     ns = parser.parse_args(args)
     pipeline = RLHFPipeline(PipelineConfig.from_yaml(f"{ns.run}/pipeline.yaml", run_dir=ns.run))
     summary = evaluate_run(pipeline, str((pipeline.run_dir / "sft" / "merged").resolve()))
+    print_table(summary["policies"])
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict | list)}, indent=2))
     return 0
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         from .demo import run_demo
 
-        run_demo(*rest[:1], force=True)
+        run_demo(*rest[:1], force=True, quiet=True)
         return 0
     if command == "pretrain-tiny":
         from .tiny.model import get_tiny_base

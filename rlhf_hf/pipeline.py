@@ -13,11 +13,13 @@ A stage whose `metrics.json` exists has finished and is skipped on re-run (resum
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ class PipelineConfig:
     eval_prompts: int = 200
     eval_every_checkpoint: bool = True  # gold vs RM score at every PPO checkpoint (over-optimisation curve)
     force: bool = False
+    quiet: bool = False  # stage output to run_dir/logs/*.log; the console shows one line per stage
     sft: dict[str, Any] = field(default_factory=dict)
     reward: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
@@ -118,9 +121,25 @@ class RLHFPipeline:
             self.timings.append((name + " (skipped)", 0.0, _headline(metrics)))
             return metrics
         start = time.time()
-        result: RecipeResult = (recipe or build()).run()
+        with self._stage_output(name):
+            result: RecipeResult = (recipe or build()).run()
         self.timings.append((name, time.time() - start, _headline(result.metrics)))
+        if self.config.quiet:
+            print(f"  done in {time.time() - start:.0f} s: {_headline(result.metrics)}", flush=True)
         return result.metrics
+
+    @contextlib.contextmanager
+    def _stage_output(self, name: str) -> Iterator[None]:
+        """With `quiet: true`, a stage's progress bars and logs go to `run_dir/logs/<stage>.log`, not the console."""
+        if not self.config.quiet:
+            yield
+            return
+        logs = self.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        path = logs / (name.replace(". ", "_").replace(" ", "_").replace("+", "and") + ".log")
+        print(f"{name} ... (log: {path})", flush=True)
+        with open(path, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            yield
 
     def run(self) -> dict[str, Any]:
         cfg, run = self.config, self.run_dir
@@ -173,7 +192,8 @@ class RLHFPipeline:
         from .report import evaluate_run
 
         eval_start = time.time()
-        summary = evaluate_run(self, sft_model)
+        with self._stage_output("evaluation"):
+            summary = evaluate_run(self, sft_model)
         self.timings.append(
             ("evaluation", time.time() - eval_start, f"win rate vs SFT {summary['win_rate_vs_sft']:.2f}")
         )
@@ -196,7 +216,8 @@ class RLHFPipeline:
             rows = import_ranked(human_file)
         else:
             start = time.time()
-            rows = self._sample(policy_model, round_index)
+            with self._stage_output(f"{round_index}. sample + rank"):
+                rows = self._sample(policy_model, round_index)
             if self.labeller is None:
                 export_for_ranking(rows, round_dir / "to_rank.jsonl", seed=cfg.seed)
                 raise PausedForRanking(
@@ -236,6 +257,9 @@ class RLHFPipeline:
 
     # ------------------------------------------------------------------------------------------ output
     def print_summary(self, summary: dict[str, Any]) -> None:
+        from .report import print_table
+
+        print_table(summary["policies"])
         print(f"\n{'stage':<28}{'seconds':>9}  key metric")
         for name, seconds, metric in self.timings:
             print(f"{name:<28}{seconds:>9.1f}  {metric}")

@@ -72,7 +72,6 @@ def evaluate_run(pipeline: RLHFPipeline, sft_model: str) -> dict[str, Any]:
         "overoptimisation": curve,
     }
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
-    print_table(table)
     return summary
 
 

@@ -90,6 +90,11 @@ class SFTRecipe(Recipe):
         output_dir = self.check_output_dir()
 
         # ---- 2. model + LoRA, trained by TRL (seeded first: LoRA's random init must not depend on the launcher)
+        if evaluation is not None:
+            # The loss before training is measured inside train(), once Accelerate has prepared the model: an
+            # evaluate() before train() marks the model prepared without its DDP wrapper, and train() then runs
+            # every process on its own gradients (no all-reduce) under torchrun / accelerate launch.
+            cfg.eval_on_start = True
         set_seed(cfg.seed)
         model = load_causal_lm(
             cfg, trust_remote_code=cfg.trust_remote_code, gradient_checkpointing=cfg.gradient_checkpointing
@@ -106,10 +111,12 @@ class SFTRecipe(Recipe):
             "train_rows": len(train),
             "dropped_too_long": len(report.dropped_too_long),
         }
-        if evaluation is not None:
-            metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
         train_out = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
         metrics["train_loss"] = train_out.training_loss
+        if evaluation is not None:
+            metrics["eval_loss_before"] = next(
+                h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h
+            )
         if evaluation is not None:
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
 

@@ -93,9 +93,12 @@ class PPORecipe(Recipe):
         )
         if model.reward_stats is None and cfg.normalize_reward:
             logger.warning("No reward_stats.json in %s: scores are not normalised", cfg.reward_model_path)
+        main = (
+            trainer.is_world_process_zero()
+        )  # under several processes only the main one evaluates and writes
         gold = self._gold_task(cfg)
         metrics: dict[str, float] = {"train_prompts": len(prompts)}
-        if gold:
+        if gold and main:
             from ..evaluation import gold_eval
 
             with model.adapter(None):  # the SFT model, i.e. the policy before PPO
@@ -104,21 +107,23 @@ class PPORecipe(Recipe):
         trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
 
         # ---- 3. outputs: adapters, merged policy, metrics
-        trainer.save_model(str(output_dir))
+        trainer.save_model(str(output_dir))  # every process (collective), the main one writes
         history = [h for h in trainer.state.log_history if "objective/scores" in h]
-        (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
         metrics.update(summarize(history))
-        policy = model.causal_lm
-        if cfg.merge and trainer.is_world_process_zero():
-            policy = merge_adapter(cfg, output_dir / POLICY, output_dir / "merged")
-            tokenizer.save_pretrained(output_dir / "merged")
-        if gold:
-            with model.adapter(POLICY):
-                after = gold_eval(policy, tokenizer, cfg.eval_gold_prompts)
-            metrics.update({f"gold_{k}": v for k, v in after.items()})
         metrics["reward_model"] = "adapter" if is_adapter_dir(cfg.reward_model_path) else "model"
-        metrics["seconds"] = time.time() - start
-        self.write_metrics(output_dir, metrics)
+        if main:
+            (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+            policy = model.causal_lm
+            if cfg.merge:
+                policy = merge_adapter(cfg, output_dir / POLICY, output_dir / "merged")
+                tokenizer.save_pretrained(output_dir / "merged")
+            if gold:
+                with model.adapter(POLICY):
+                    after = gold_eval(policy, tokenizer, cfg.eval_gold_prompts)
+                metrics.update({f"gold_{k}": v for k, v in after.items()})
+            metrics["seconds"] = time.time() - start
+            self.write_metrics(output_dir, metrics)
+        trainer.accelerator.wait_for_everyone()
         return RecipeResult(output_dir=str(output_dir), metrics=metrics)
 
     @staticmethod

@@ -158,6 +158,10 @@ class PPOTrainer(Trainer):
         """Run `max_steps` PPO updates (continuing a checkpoint's run when resuming)."""
         args = self.args
         self._init_state()
+        if (
+            self.accelerator.process_index > 0
+        ):  # own sampling noise per process (rank 0 keeps the 1-process stream)
+            torch.manual_seed(args.seed + 100_003 * self.accelerator.process_index)
         checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
         if checkpoint is not None:
             self._resume(checkpoint)
@@ -182,7 +186,7 @@ class PPOTrainer(Trainer):
             )
             # 3. advantages: GAE over the answer tokens, whitened over the batch
             advantages, returns = core.gae(rewards, rollout.values, rollout.answer_mask, args.gamma, args.lam)
-            advantages = core.masked_whiten(advantages, rollout.answer_mask) * rollout.answer_mask
+            advantages = self.whiten(advantages, rollout.answer_mask) * rollout.answer_mask
             # 4. num_ppo_epochs x num_mini_batches optimizer steps on this batch
             update_stats = self.ppo_epochs(rollout, advantages, returns)
 
@@ -292,6 +296,24 @@ class PPOTrainer(Trainer):
             scores = scores - args.missing_eos_penalty * (~has_eos).float()
         return scores
 
+    def global_mean_var(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Masked mean and unbiased variance over the global rollout batch (all processes' rows together)."""
+        if self.accelerator.num_processes == 1:
+            return core.masked_mean(x, mask), core.masked_var(x, mask)
+        mask = mask.to(x.dtype)
+        total, n = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum()]), "sum")
+        mean = total / n
+        squares = self.accelerator.reduce(((x - mean) ** 2 * mask).sum(), "sum")
+        return mean, squares / (n - 1)
+
+    def whiten(self, x: Tensor, mask: Tensor) -> Tensor:
+        """`core.masked_whiten` over the global batch, so N processes with B/N prompts each whiten exactly as one
+        process with B prompts does (whitening per process would give each shard its own advantage scale)."""
+        if self.accelerator.num_processes == 1:
+            return core.masked_whiten(x, mask)
+        mean, var = self.global_mean_var(x, mask)
+        return (x - mean) * torch.rsqrt(var + 1e-8)
+
     # ---------------------------------------------------------------- 4. PPO epochs
     def ppo_epochs(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, Tensor]:
         """Clipped-surrogate updates: per epoch a fresh shuffle, one optimizer step per minibatch."""
@@ -399,7 +421,9 @@ class PPOTrainer(Trainer):
             "loss/total": stats["loss"],
             "val/clipfrac": stats["vf_clipfrac"],
             "val/mean": core.masked_mean(rollout.values, mask),
-            "val/explained_variance": torch.tensor(core.explained_variance(rollout.values, returns, mask)),
+            "val/explained_variance": 1.0
+            - self.global_mean_var(returns - rollout.values, mask)[1]
+            / self.global_mean_var(returns, mask)[1],
             "answer/mean_length": mask.sum(1).mean(),
             "answer/eos_fraction": rollout.has_eos.float().mean(),
             "policy/ppo_epochs": stats["ppo_epochs"],

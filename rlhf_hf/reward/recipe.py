@@ -149,11 +149,11 @@ class RewardRecipe(Recipe):
                 gold_pairs=gold["pairs"],
                 gold_kendall_tau=gold["kendall_tau"],
             )
-        if trainer.is_world_process_zero():
-            self._save(trainer, tokenizer, output_dir, stats)
+        self._save(trainer, tokenizer, output_dir, stats)
         metrics["seconds"] = time.time() - start
         if trainer.is_world_process_zero():
             self.write_metrics(output_dir, metrics)
+        trainer.accelerator.wait_for_everyone()
         return RecipeResult(output_dir=str(output_dir), metrics=metrics)
 
     # ------------------------------------------------------------------------------------------ data
@@ -265,9 +265,15 @@ class RewardRecipe(Recipe):
     def _save(
         self, trainer: RankedRewardTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path, stats: dict
     ) -> None:
-        """Adapter (or full model) + tokenizer + stats; `merged/` reloads base + adapter unquantised and merges."""
+        """Adapter (or full model) + tokenizer + stats; `merged/` reloads base + adapter unquantised and merges.
+
+        Called on every process: `save_model` is collective under DeepSpeed/FSDP (it gathers the shards); the rest
+        is written by the main process only.
+        """
         cfg: RewardRecipeConfig = self.config
         trainer.save_model(str(output_dir))
+        if not trainer.is_world_process_zero():
+            return
         tokenizer.save_pretrained(output_dir)
         write_stats(output_dir, stats)
         if cfg.use_peft and cfg.merge:

@@ -171,10 +171,14 @@ class RankedRewardTrainer(RewardTrainer):
         metrics = self._metrics[mode]
         metrics["num_tokens"] = [self._total_train_tokens]
         with torch.no_grad():
-            all_rewards = self.accelerator.gather(rewards.detach())
-            metrics["min_reward"].append(all_rewards.min().item())
-            metrics["mean_reward"].append(all_rewards.mean().item())
-            metrics["max_reward"].append(all_rewards.max().item())
+            # Reduced per process first: processes hold different numbers of answers (K varies per prompt), and
+            # gathering tensors of unequal length hangs or fails.
+            r = rewards.detach().float()
+            local = torch.stack([r.min(), r.max(), r.sum(), torch.tensor(float(r.numel()), device=r.device)])
+            mins, maxs, sums, counts = self.accelerator.gather(local[None]).unbind(-1)
+            metrics["min_reward"].append(mins.min().item())
+            metrics["mean_reward"].append((sums.sum() / counts.sum()).item())
+            metrics["max_reward"].append(maxs.max().item())
             for key, name in (("accuracy", "accuracy"), ("margin_mean", "margin")):
                 value = torch.tensor(stats[key], device=rewards.device)
                 value = self.accelerator.gather_for_metrics(value).nanmean().item()
