@@ -195,7 +195,11 @@ class RLHFPipeline:
         with self._stage_output("evaluation"):
             summary = evaluate_run(self, sft_model)
         self.timings.append(
-            ("evaluation", time.time() - eval_start, f"win rate vs SFT {summary['win_rate_vs_sft']:.2f}")
+            (
+                "evaluation",
+                time.time() - eval_start,
+                f"win rate vs SFT {summary['win_rate_vs_sft']:.2f}, RM gold-pair acc. {summary['rm_accuracy']:.2f}",
+            )
         )
         summary["seconds"] = time.time() - start
         summary["stages"] = [{"stage": n, "seconds": s, "metric": m} for n, s, m in self.timings]
@@ -274,7 +278,7 @@ def _headline(metrics: dict[str, Any]) -> str:
     for key, label in (
         ("gold_score", "gold score"),
         ("gold_pair_accuracy", "gold pair accuracy"),
-        ("eval_pairwise_accuracy", "pair accuracy"),
+        ("eval_pairwise_accuracy", "pair acc. vs noisy labels"),
         ("score_last", "RM score (last)"),
     ):
         if key in metrics:
