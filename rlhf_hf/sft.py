@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,7 +137,8 @@ class SFTRecipe(Recipe):
             ):
                 from .evaluation import gold_eval
 
-                gold = gold_eval(policy, tokenizer, cfg.eval_gold_prompts)
+                with zero3_init_disabled():  # else generate() under ZeRO-3 waits for the other processes
+                    gold = gold_eval(policy, tokenizer, cfg.eval_gold_prompts)
                 metrics.update({f"gold_{k}": v for k, v in gold.items()})
             metrics["seconds"] = time.time() - start
             self.write_metrics(output_dir, metrics)
@@ -152,12 +155,31 @@ def merge_adapter(cfg: ModelConfig, adapter_dir: Path, merged_dir: Path) -> torc
 
     from .modeling import resolve_dtype
 
-    base = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(cfg.model_name_or_path),
-        revision=cfg.model_revision,
-        dtype=resolve_dtype(cfg.dtype),
-        trust_remote_code=getattr(cfg, "trust_remote_code", False),
-    )
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with zero3_init_disabled():  # runs on the main process only: load whole weights, not ZeRO-3 shards
+        base = AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(cfg.model_name_or_path),
+            revision=cfg.model_revision,
+            dtype=resolve_dtype(cfg.dtype),
+            trust_remote_code=getattr(cfg, "trust_remote_code", False),
+        )
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(merged_dir, safe_serialization=True)
     return merged
+
+
+@contextmanager
+def zero3_init_disabled() -> Iterator[None]:
+    """`from_pretrained` inside loads whole models even under DeepSpeed ZeRO-3 (`zero3_init_flag`), whose
+    partitioned init would otherwise give the main process empty shards that no other process completes."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    if config is None or not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)

@@ -24,7 +24,7 @@ PPO_TINY_YAML = ROOT / "recipes" / "configs" / "ppo_tiny.yaml"
 # random draws differ. This driver samples every prompt on its own, with a seed derived from the prompt's tokens,
 # so both launches sample the same answers and everything after sampling (sharding, advantage whitening, DDP
 # gradient averaging, metric reduction, main-process saving) can be compared exactly.
-PPO_DRIVER = '''
+PPO_DRIVER = """
 import hashlib
 
 import torch
@@ -51,7 +51,7 @@ def generate_per_prompt(self, input_ids, attention_mask, generation_config, merg
 PPOModel.generate = generate_per_prompt
 if __name__ == "__main__":
     PPORecipe(PPORecipe.parse_args()).run()
-'''
+"""
 
 
 def _free_port() -> int:
@@ -275,6 +275,23 @@ def test_ppo_two_processes_match_one(tmp_path, rlhf_inputs):
                 assert abs(a[key] - b[key]) < 1e-4 * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])
     # Checkpoints from two processes hold one RNG state per process and PPO's own state, written once.
     checkpoint = two / "checkpoint-2"
-    assert sorted(p.name for p in checkpoint.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert sorted(p.name for p in checkpoint.glob("rng_state_*.pth")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
     assert json.loads((checkpoint / "ppo_state.json").read_text())["prompt_position"] == 64
     assert _metrics(two)["updates"] == 3
+
+
+def test_accelerate_config_files_parse() -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    stages = {}
+    for name in ("single_gpu", "multi_gpu", "zero2", "zero3"):
+        config = load_config_from_file(str(ROOT / "recipes" / "accelerate" / f"{name}.yaml"))
+        assert config.mixed_precision == "bf16"
+        stages[name] = config.deepspeed_config.get("zero_stage")
+    assert stages == {"single_gpu": None, "multi_gpu": None, "zero2": 2, "zero3": 3}
+    zero3 = load_config_from_file(str(ROOT / "recipes" / "accelerate" / "zero3.yaml")).deepspeed_config
+    assert zero3["zero3_init_flag"] and zero3["zero3_save_16bit_model"]
+    assert zero3["offload_param_device"] == zero3["offload_optimizer_device"] == "none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import nbformat
 from conftest import ROOT
@@ -40,3 +41,28 @@ def test_walkthrough_notebook_runs_and_rlhf_improves_the_gold_score(tmp_path, ti
     assert r["win_rate"] > 0.55 and 0 < r["kl"] < 10
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # reward histogram, PPO curves, SFT vs PPO bars
+
+
+CONSUMER_GPU_TINY = """TINY = True
+MODEL = "rlhf-hf/tiny"
+SFT_DATASET, SFT_SPLIT = "rlhf-hf/tiny-sort-sft", "train"
+PREFERENCE_DATASET = None
+PROMPT_DATASET, PROMPT_SPLIT = "rlhf-hf/tiny-sort-prompts", "train"
+MAX_ROWS = 600
+LOAD_IN_8BIT, LOAD_IN_4BIT = True, False
+PPO_UPDATES = 3
+RUN_DIR = "{run_dir}"
+SEED = 0"""
+
+
+def test_consumer_gpu_notebook_runs_all_three_steps_in_8bit(tmp_path, tiny_base):
+    nb = _execute("02_consumer_gpu.ipynb", CONSUMER_GPU_TINY.format(run_dir=tmp_path), tmp_path)
+    r = _last_json(nb)
+    assert r["sft_eval_loss"] < r["sft_eval_loss_before"]  # SFT on the 8-bit base learned
+    assert r["rm_pair_accuracy"] > 0.6  # the 8-bit reward model ranks held-out answers better than chance
+    assert r["ppo_updates"] == 3 and math.isfinite(r["ppo_score_last"]) and math.isfinite(r["ppo_kl_last"])
+    assert r["int8_linear_layers"] > 0  # the base really was loaded in 8-bit ...
+    assert r["footprint_quantised_mb"] < 0.8 * r["footprint_full_mb"]  # ... and is smaller for it
+    for step in ("sft", "reward", "ppo"):
+        assert (tmp_path / step / "metrics.json").exists()
+    assert (tmp_path / "ppo" / "policy" / "adapter_model.safetensors").exists()

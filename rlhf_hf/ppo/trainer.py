@@ -144,8 +144,10 @@ class PPOTrainer(Trainer):
             for module in (model.causal_lm, model.value_model):
                 if module is not None:
                     module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        self.create_optimizer_and_scheduler(num_training_steps=self.max_updates)
+        self.create_optimizer()
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        # The scheduler on the prepared optimizer, as Trainer does: DeepSpeed replaces the param groups.
+        self.create_scheduler(num_training_steps=self.max_updates, optimizer=self.optimizer)
         for attr in ("model", "optimizer", "lr_scheduler"):
             setattr(self.callback_handler, attr, getattr(self, attr))
 

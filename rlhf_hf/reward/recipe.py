@@ -284,13 +284,19 @@ class RewardRecipe(Recipe):
 
 
 def _load_policy(cfg: RewardRecipeConfig) -> PreTrainedModel:
-    """The SFT model to sample from, unquantised (sampling quality should not depend on the RM's bit width)."""
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(cfg.model_name_or_path),
-        revision=cfg.model_revision,
-        dtype=resolve_dtype(cfg.dtype),
-        trust_remote_code=cfg.trust_remote_code,
-    )
+    """The SFT model to sample from, unquantised (sampling quality should not depend on the RM's bit width).
+
+    Whole on every process, also under DeepSpeed ZeRO-3: it is used outside any DeepSpeed engine.
+    """
+    from ..sft import zero3_init_disabled
+
+    with zero3_init_disabled():
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(cfg.model_name_or_path),
+            revision=cfg.model_revision,
+            dtype=resolve_dtype(cfg.dtype),
+            trust_remote_code=cfg.trust_remote_code,
+        )
     return model.to(cfg.device)
 
 
