@@ -6,6 +6,8 @@ Everything goes through `from_pretrained` on a Hub id or a local dir; `rlhf-hf/t
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -157,3 +159,21 @@ def lora_config(
     if config.task_type == TaskType.SEQ_CLS and not config.modules_to_save:
         config.modules_to_save = ["score"]
     return config
+
+
+@contextmanager
+def zero3_init_disabled() -> Iterator[None]:
+    """`from_pretrained` inside loads whole models even under DeepSpeed ZeRO-3 (`zero3_init_flag`), whose
+    partitioned init would otherwise give the main process empty shards that no other process completes."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    if config is None or not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from .data import train_eval_splits, validate_sft_dataset
-from .modeling import load_causal_lm, load_tokenizer, lora_config, resolve_model_path
+from .modeling import load_causal_lm, load_tokenizer, lora_config, resolve_model_path, zero3_init_disabled
 from .recipe import Recipe, RecipeArgs, RecipeResult
 from .tiny.model import TINY_MODEL_ID
 
@@ -165,21 +163,3 @@ def merge_adapter(cfg: ModelConfig, adapter_dir: Path, merged_dir: Path) -> torc
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(merged_dir, safe_serialization=True)
     return merged
-
-
-@contextmanager
-def zero3_init_disabled() -> Iterator[None]:
-    """`from_pretrained` inside loads whole models even under DeepSpeed ZeRO-3 (`zero3_init_flag`), whose
-    partitioned init would otherwise give the main process empty shards that no other process completes."""
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
-    config = ref() if ref is not None else None
-    if config is None or not hf_deepspeed.is_deepspeed_zero3_enabled():
-        yield
-        return
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_deepspeed.set_hf_deepspeed_config(config)

@@ -288,7 +288,7 @@ def _load_policy(cfg: RewardRecipeConfig) -> PreTrainedModel:
 
     Whole on every process, also under DeepSpeed ZeRO-3: it is used outside any DeepSpeed engine.
     """
-    from ..sft import zero3_init_disabled
+    from ..modeling import zero3_init_disabled
 
     with zero3_init_disabled():
         model = AutoModelForCausalLM.from_pretrained(
