@@ -230,9 +230,6 @@ if TINY:
     RM = dict(labeller="simulated" if PREFERENCE_DATASET is None else None, max_prompts=MAX_ROWS,
               num_train_epochs=4, eval_gold_prompts=200)
     PPO = dict(max_steps=PPO_UPDATES, per_device_train_batch_size=16, num_mini_batches=2, eval_gold_prompts=0)
-    # On the CPU, bitsandbytes' int8 layers return bf16 activations that the reward model's float32 `score` head
-    # rejects ("expected m1 and m2 to have the same dtype"), so the CPU run trains the reward model unquantised.
-    RM.update(load_in_8bit=False, load_in_4bit=False)
 else:
     SFT = dict(max_length=1024, per_device_train_batch_size=4, gradient_accumulation_steps=8, learning_rate=2e-4,
                lr_scheduler_type="cosine", warmup_steps=10, gradient_checkpointing=True, logging_steps=10,

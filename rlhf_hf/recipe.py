@@ -47,6 +47,12 @@ class RecipeArgs:
         # TRL defaults bf16 to True, which refuses to start on a machine without bf16 (e.g. CPU CI): pick per device.
         if getattr(self, "bf16", None) is None and not getattr(self, "fp16", False):
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            if not torch.cuda.is_available() and (
+                getattr(self, "load_in_8bit", False) or getattr(self, "load_in_4bit", False)
+            ):
+                # TRL casts the trainable weights of a k-bit model to bf16 (QLoRA) and relies on bf16 autocast,
+                # which transformers allows on a CPU only with `use_cpu`.
+                self.bf16 = self.use_cpu = True
         if isinstance(self, ModelConfig):
             ModelConfig.__post_init__(self)
         super().__post_init__()  # the stage's TrainingArguments subclass

@@ -304,6 +304,22 @@ def test_full_finetune_writes_a_full_model(sft_run, tmp_path):
     assert rewards.mean().item() == pytest.approx(stats["mean"], abs=1e-4)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_kbit_base_trains_the_adapter_and_head(sft_run, tmp_path, bits):
+    """QLoRA-style RM on an 8/4-bit base (TRL keeps the trainable weights in bf16: on CPU the recipe turns on
+    bf16 autocast by itself)."""
+    _, sft_dir = sft_run
+    data, _ = ranked_dataset_dir(tmp_path, n_train=16, n_test=4)
+    cfg = recipe(tmp_path, sft_dir, data, max_steps=2, **{f"load_in_{bits}bit": True}).config
+    assert cfg.bf16 == (torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True)
+    out = Path(RewardRecipe(cfg).run().output_dir)
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        names = list(f.keys())
+        head = [k for k in names if "score" in k]
+        assert head and any("lora_" in k for k in names)
+        assert f.get_tensor(head[0]).abs().sum() > 0
+
+
 # ---------------------------------------------------------------------------------------------- sampling
 def test_sample_export_rank_import_round_trip(sft_run, tmp_path):
     _, sft_dir = sft_run
