@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -288,7 +287,3 @@ def _headline(metrics: dict[str, Any]) -> str:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def clear(run_dir: str | Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)

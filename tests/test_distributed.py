@@ -74,6 +74,16 @@ def _run(args: list[str], nproc: int) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _one_and_two(
+    common: list[str], tmp_path: Path, one: dict[str, str], two: dict[str, str]
+) -> tuple[Path, Path]:
+    """Launch `common` in 1 process with flags `one` and in 2 processes with flags `two`; return both output dirs."""
+    for name, nproc, flags in (("one", 1, one), ("two", 2, two)):
+        pairs = [part for key, value in flags.items() for part in (f"--{key}", value)]
+        _run([*common, *pairs, "--output_dir", str(tmp_path / name)], nproc)
+    return tmp_path / "one", tmp_path / "two"
+
+
 def _adapter(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -125,29 +135,11 @@ def test_sft_two_processes_match_one(tmp_path, tiny_base):
         "--logging_steps",  # Trainer's `training_loss` is the all-processes mean only up to the last log
         "1",
     ]
-    _run(
-        [
-            *common,
-            "--per_device_train_batch_size",
-            "16",
-            "--gradient_accumulation_steps",
-            "2",
-            "--output_dir",
-            str(tmp_path / "one"),
-        ],
-        1,
-    )
-    _run(
-        [
-            *common,
-            "--per_device_train_batch_size",
-            "8",
-            "--gradient_accumulation_steps",
-            "2",
-            "--output_dir",
-            str(tmp_path / "two"),
-        ],
-        2,
+    _one_and_two(
+        common,
+        tmp_path,
+        {"per_device_train_batch_size": "16", "gradient_accumulation_steps": "2"},
+        {"per_device_train_batch_size": "8", "gradient_accumulation_steps": "2"},
     )
     one, two = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
     assert _moved(one) > 1e-3  # it trained (lora_B starts at zero)
@@ -185,8 +177,9 @@ def test_reward_two_processes_match_one(tmp_path, rlhf_inputs):
         "--logging_steps",
         "1",
     ]
-    _run([*common, "--per_device_train_batch_size", "16", "--output_dir", str(tmp_path / "one")], 1)
-    _run([*common, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "two")], 2)
+    _one_and_two(
+        common, tmp_path, {"per_device_train_batch_size": "16"}, {"per_device_train_batch_size": "8"}
+    )
     one, two = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
     assert any(".score." in k for k in one)  # the scalar head is saved with the adapter
     assert _moved(one) > 1e-3
@@ -232,29 +225,11 @@ def test_ppo_two_processes_match_one(tmp_path, rlhf_inputs):
         "--use_cpu",
         "true",
     ]
-    _run(
-        [
-            *common,
-            "--per_device_train_batch_size",
-            "16",
-            "--gradient_accumulation_steps",
-            "2",
-            "--output_dir",
-            str(tmp_path / "one"),
-        ],
-        1,
-    )
-    _run(
-        [
-            *common,
-            "--per_device_train_batch_size",
-            "16",
-            "--gradient_accumulation_steps",
-            "1",
-            "--output_dir",
-            str(tmp_path / "two"),
-        ],
-        2,
+    _one_and_two(
+        common,
+        tmp_path,
+        {"per_device_train_batch_size": "16", "gradient_accumulation_steps": "2"},
+        {"per_device_train_batch_size": "16", "gradient_accumulation_steps": "1"},
     )
     one, two = tmp_path / "one", tmp_path / "two"
     policy_one = _adapter(one / "policy")
