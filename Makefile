@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)   # first, so no dependency pulls a multi-GB CUDA build
 	$(PY) -m pip install -q -e ".[dev]"
+	# DeepSpeed ships as an sdist whose build imports torch: build it against the torch above (no isolated build
+	# env, which would fetch a CUDA torch) and without compiling its ops (JIT on demand; the CPU tests need none).
+	$(PY) -m pip install -q setuptools wheel
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation "deepspeed>=0.17"
 	touch $(STAMP)
 
 demo: install

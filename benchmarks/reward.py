@@ -42,7 +42,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=1000, help="training prompts")
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--gold-prompts", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        nargs="+",
+        default=[1e-3],
+        help="learning rates to try, each method reported at every one and at its best",
+    )
     parser.add_argument(
         "--ours-epochs", type=int, default=1, help="epochs for ours (e.g. 3 = TRL's compute at K=4)"
     )
@@ -72,13 +78,13 @@ def as_pairs(rows: list[dict]) -> Dataset:
     return Dataset.from_list(pairs)
 
 
-def train_config(args: argparse.Namespace, batch_size: int, epochs: int = 1) -> RewardConfig:
+def train_config(args: argparse.Namespace, batch_size: int, lr: float, epochs: int = 1) -> RewardConfig:
     cuda = args.device.startswith("cuda")
     return RewardConfig(
         output_dir="/tmp/rlhf_hf_bench_reward",
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
-        learning_rate=args.lr,
+        learning_rate=lr,
         lr_scheduler_type="cosine",
         warmup_steps=5,
         max_length=args.max_length,
@@ -108,13 +114,14 @@ def run_one(
     train: Dataset,
     batch_size: int,
     gold: list[dict],
+    lr: float,
     epochs: int = 1,
     **kw,
 ) -> dict[str, Any]:
     peft = lora_config(ModelConfig(use_peft=not args.full, lora_r=16, lora_alpha=32), TaskType.SEQ_CLS)
     trainer = trainer_class(
         model=fresh_model(args, tokenizer.pad_token_id),
-        args=train_config(args, batch_size, epochs),
+        args=train_config(args, batch_size, lr, epochs),
         train_dataset=train,
         processing_class=tokenizer,
         peft_config=peft,
@@ -133,6 +140,7 @@ def run_one(
         "steps": trainer.state.global_step,
         "gold": metrics["pairwise_accuracy"],
         "tau": metrics["kendall_tau"],
+        "lr": lr,
     }
 
 
@@ -157,31 +165,39 @@ def main() -> None:
         pairs = as_pairs(ranked.rows)
         answers = sum(len(r["responses"]) for r in ranked.rows)
         pairs_per_step = max(1, round(args.prompts_per_step * len(pairs) / len(ranked.rows)))
-        ours = run_one(
-            RankedRewardTrainer,
-            args,
-            tokenizer,
-            ranked.dataset,
-            args.prompts_per_step,
-            gold,
-            args.ours_epochs,
-        )
-        trl = run_one(RewardTrainer, args, tokenizer, pairs, pairs_per_step, gold)
-        results.append((k, len(ranked.rows), answers, len(pairs), ours, trl))
+        for lr in args.lr:
+            ours = run_one(
+                RankedRewardTrainer,
+                args,
+                tokenizer,
+                ranked.dataset,
+                args.prompts_per_step,
+                gold,
+                lr,
+                args.ours_epochs,
+            )
+            trl = run_one(RewardTrainer, args, tokenizer, pairs, pairs_per_step, gold, lr)
+            results.append((k, str(lr), answers, len(pairs), ours, trl))
+        if len(args.lr) > 1:  # each method at its own best learning rate
+            mine = [r for r in results if r[0] == k]
+            best_ours = max((r[4] for r in mine), key=lambda m: m["gold"])
+            best_trl = max((r[5] for r in mine), key=lambda m: m["gold"])
+            label = f"best: {best_ours['lr']} / {best_trl['lr']}"
+            results.append((k, label, answers, len(pairs), best_ours, best_trl))
 
     when = datetime.date.today().isoformat()
     print(
-        f"\n{when}, device={args.device}, {args.prompts} prompts, {args.prompts_per_step} prompts/step, lr={args.lr}, "
+        f"\n{when}, device={args.device}, {args.prompts} prompts, {args.prompts_per_step} prompts/step, "
         f"epochs ours={args.ours_epochs}, TRL=1"
     )
     print(
-        "| K | prompts | forwards/epoch ours / TRL | steps ours / TRL | seconds ours | seconds TRL | speed-up "
+        "| K | lr (ours / TRL) | forwards/epoch ours / TRL | steps ours / TRL | seconds ours | seconds TRL | speed-up "
         "| gold acc ours | gold acc TRL | gold tau ours | gold tau TRL |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for k, n_prompts, answers, n_pairs, ours, trl in results:
+    for k, lr, answers, n_pairs, ours, trl in results:
         print(
-            f"| {k} | {n_prompts} | {answers} / {2 * n_pairs} | {ours['steps']} / {trl['steps']} "
+            f"| {k} | {lr} | {answers} / {2 * n_pairs} | {ours['steps']} / {trl['steps']} "
             f"| {ours['seconds']:.1f} | {trl['seconds']:.1f} | {trl['seconds'] / ours['seconds']:.2f}x "
             f"| {ours['gold']:.3f} | {trl['gold']:.3f} | {ours['tau']:.3f} | {trl['tau']:.3f} |"
         )

@@ -55,6 +55,11 @@ class RecipeArgs:
                 self.bf16 = self.use_cpu = True
         if isinstance(self, ModelConfig):
             ModelConfig.__post_init__(self)
+        resume = getattr(self, "resume_from_checkpoint", None)
+        if isinstance(resume, str) and resume.lower() in ("true", "last"):
+            self.resume_from_checkpoint = (
+                True  # the last checkpoint in output_dir, as `Trainer.train(True)` reads it
+            )
         super().__post_init__()  # the stage's TrainingArguments subclass
 
 

@@ -149,17 +149,28 @@ def merge_adapter(cfg: ModelConfig, adapter_dir: Path, merged_dir: Path) -> torc
 
     The base is reloaded without bitsandbytes because LoRA deltas cannot be merged into 8/4-bit weights exactly.
     """
+    merged = load_whole(cfg, adapter_dir)
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+    return merged
+
+
+def load_whole(cfg: ModelConfig, adapter_dir: Path | None = None) -> torch.nn.Module:
+    """The config's model, unquantised, with `adapter_dir` merged in: whole weights on this process alone.
+
+    For work on the main process only (merging, gold evaluation): under ZeRO-3 a model loaded the usual way
+    would be a set of empty shards that only all processes together can run.
+    """
     from transformers import AutoModelForCausalLM
 
     from .modeling import resolve_dtype
 
-    with zero3_init_disabled():  # runs on the main process only: load whole weights, not ZeRO-3 shards
-        base = AutoModelForCausalLM.from_pretrained(
+    with zero3_init_disabled():
+        model = AutoModelForCausalLM.from_pretrained(
             resolve_model_path(cfg.model_name_or_path),
             revision=cfg.model_revision,
             dtype=resolve_dtype(cfg.dtype),
             trust_remote_code=getattr(cfg, "trust_remote_code", False),
         )
-        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(merged_dir, safe_serialization=True)
-    return merged
+        if adapter_dir is not None:
+            model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    return model

@@ -29,6 +29,15 @@ def test_cli_flags_override_the_yaml():
     assert cfg.learning_rate == 0.01 and cfg.merge is False
 
 
+@pytest.mark.parametrize(
+    ("flag", "expected"), [("true", True), ("last", True), ("runs/x/checkpoint-4", "runs/x/checkpoint-4")]
+)
+def test_resume_flag_true_means_the_last_checkpoint(flag, expected):
+    # `Trainer.train(resume_from_checkpoint="true")` would look for a directory called "true".
+    cfg = SFTRecipe.parse_args(["--config", str(SFT_TINY_YAML), "--resume_from_checkpoint", flag])
+    assert cfg.resume_from_checkpoint == expected
+
+
 def test_unknown_yaml_key_is_an_error_naming_it(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SFT_TINY_YAML.read_text() + "learning_rat: 0.1\n")

@@ -99,6 +99,14 @@ class PPORecipeConfig(RecipeArgs, TrainingArguments, ModelConfig):
             "restore the exact base weights from a transient copy. Not with a quantized base."
         },
     )
+    ds3_gather_for_generation: bool = field(
+        default=True,
+        metadata={
+            "help": "DeepSpeed ZeRO-3: gather all weights once for sampling (fast; each GPU holds the whole model "
+            "while generating). false: sample through ZeRO's per-layer gathers (slow; for models that do not fit "
+            "whole). TRL's name for the same switch."
+        },
+    )
 
     # ---------------------------------------------------------------- rewards
     normalize_reward: bool = field(
@@ -209,6 +217,10 @@ class PPORecipeConfig(RecipeArgs, TrainingArguments, ModelConfig):
             raise ValueError("activation checkpointing needs `critic: head` or `critic: model`")
         if self.merge_adapter_for_generation and (self.load_in_4bit or self.load_in_8bit):
             raise ValueError("merge_adapter_for_generation needs an unquantized base")
+        if self.merge_adapter_for_generation and not self.ds3_gather_for_generation:
+            raise ValueError(
+                "merge_adapter_for_generation needs whole weights: keep ds3_gather_for_generation"
+            )
 
     @property
     def minibatch_size(self) -> int:

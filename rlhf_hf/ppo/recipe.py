@@ -16,9 +16,9 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from ..data import load_split
-from ..modeling import load_tokenizer
+from ..modeling import load_tokenizer, zero3_init_disabled
 from ..recipe import Recipe, RecipeResult
-from ..sft import merge_adapter
+from ..sft import load_whole, merge_adapter
 from .config import PPORecipeConfig
 from .roles import POLICY, build_ppo_model, is_adapter_dir
 from .trainer import PPOTrainer
@@ -101,8 +101,12 @@ class PPORecipe(Recipe):
         if gold and main:
             from ..evaluation import gold_eval
 
-            with model.adapter(None):  # the SFT model, i.e. the policy before PPO
-                before = gold_eval(model.causal_lm, tokenizer, cfg.eval_gold_prompts)
+            if trainer.is_zero3:  # the live weights are shards: evaluate a whole copy, alone
+                with zero3_init_disabled():
+                    before = gold_eval(load_whole(cfg), tokenizer, cfg.eval_gold_prompts)
+            else:
+                with model.adapter(None):  # the SFT model, i.e. the policy before PPO
+                    before = gold_eval(model.causal_lm, tokenizer, cfg.eval_gold_prompts)
             metrics.update({f"gold_{k}_before": v for k, v in before.items()})
         trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
 
@@ -117,8 +121,10 @@ class PPORecipe(Recipe):
             if cfg.merge:
                 policy = merge_adapter(cfg, output_dir / POLICY, output_dir / "merged")
                 tokenizer.save_pretrained(output_dir / "merged")
+            elif gold and trainer.is_zero3:
+                policy = load_whole(cfg, output_dir / POLICY)
             if gold:
-                with model.adapter(POLICY):
+                with model.adapter(POLICY), zero3_init_disabled():
                     after = gold_eval(policy, tokenizer, cfg.eval_gold_prompts)
                 metrics.update({f"gold_{k}": v for k, v in after.items()})
             metrics["seconds"] = time.time() - start

@@ -28,7 +28,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification, GenerationConfig, PreTrainedModel, set_seed
 
-from ..modeling import is_quantized, load_causal_lm, lora_config, model_kwargs, resolve_model_path
+from ..modeling import (
+    is_quantized,
+    load_causal_lm,
+    lora_config,
+    model_kwargs,
+    resolve_model_path,
+    zero3_init_disabled,
+)
 from .config import PPORecipeConfig
 
 logger = logging.getLogger(__name__)
@@ -393,5 +400,7 @@ def _value_model(cfg: PPORecipeConfig, reward_dir: Path, pad_token_id: int) -> P
         return _classifier(cfg, str(reward_dir), pad_token_id)
     if is_quantized(cfg):
         raise ValueError("critic: model trains a full model: it cannot be built from a quantized base")
-    base = _classifier(cfg, resolve_model_path(cfg.model_name_or_path), pad_token_id)
-    return PeftModel.from_pretrained(base, str(reward_dir)).merge_and_unload()
+    # Merging needs whole weights: under ZeRO-3 load them whole here; DeepSpeed shards the result at `prepare`.
+    with zero3_init_disabled():
+        base = _classifier(cfg, resolve_model_path(cfg.model_name_or_path), pad_token_id)
+        return PeftModel.from_pretrained(base, str(reward_dir)).merge_and_unload()

@@ -27,6 +27,7 @@ import torch
 from datasets import Dataset
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
 
@@ -144,7 +145,14 @@ class PPOTrainer(Trainer):
             for module in (model.causal_lm, model.value_model):
                 if module is not None:
                     module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if (
+            self.is_deepspeed_enabled
+        ):  # fill the config's "auto" values (batch sizes, clipping, bf16) as Trainer does
+            self.accelerator.state.deepspeed_plugin.hf_ds_config.trainer_config_finalize(
+                args, model, self.max_updates
+            )
         self.create_optimizer()
+        # Without a scheduler: DeepSpeed would step it per optimizer step, and our schedule counts PPO updates.
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         # The scheduler on the prepared optimizer, as Trainer does: DeepSpeed replaces the param groups.
         self.create_scheduler(num_training_steps=self.max_updates, optimizer=self.optimizer)
@@ -154,6 +162,37 @@ class PPOTrainer(Trainer):
     @property
     def roles(self) -> PPOModel:
         return self.accelerator.unwrap_model(self.model_wrapped)
+
+    @property
+    def is_zero3(self) -> bool:
+        return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+
+    @contextlib.contextmanager
+    def whole_parameters(self, trainable_only: bool = False, modifier_rank: int | None = None):
+        """Under ZeRO-3, every process holds whole parameters inside (collective: all processes must enter).
+
+        For generation (all parameters, with ZeRO's per-module gather hooks taken off: one gather instead of one
+        per layer per token; off with `ds3_gather_for_generation: false`) and for saving the trainable ones.
+        A no-op without ZeRO-3.
+        """
+        if not self.is_zero3 or not (trainable_only or self.args.ds3_gather_for_generation):
+            yield
+            return
+        import deepspeed
+        from trl.models.utils import add_hooks, remove_hooks
+
+        params = list(
+            self.roles.trainable_parameters() if trainable_only else self.model_wrapped.parameters()
+        )
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+            if trainable_only:
+                yield
+                return
+            remove_hooks(self.model_wrapped)
+            try:
+                yield
+            finally:
+                add_hooks(self.model_wrapped)
 
     # ================================================================ the PPO loop
     def train(self, resume_from_checkpoint: str | bool | None = None, **_: Any) -> TrainOutput:
@@ -227,7 +266,7 @@ class PPOTrainer(Trainer):
         batch = encode_prompts(tokenizer, prompts).to(device)
         self.model_wrapped.eval()  # sampling keeps its KV cache even when training uses checkpointing
         start = time.time()
-        with self.accelerator.autocast():
+        with self.whole_parameters(), self.accelerator.autocast():
             sequences = roles.generate(
                 batch["input_ids"],
                 batch["attention_mask"],
@@ -373,8 +412,10 @@ class PPOTrainer(Trainer):
         loss = pg_loss + args.vf_coef * vf_loss
         if "ptx_loss" in out:
             loss = loss + args.ptx_coef * out["ptx_loss"]
-        # Trainer's accelerator counts one accumulation step, so averaging over microbatches is ours to do.
-        self.accelerator.backward(loss / args.gradient_accumulation_steps)
+        # Trainer's accelerator counts one accumulation step, so averaging over microbatches is ours to do
+        # (DeepSpeed would divide by its own gradient_accumulation_steps again: told not to, as Trainer does).
+        kwargs = {"scale_wrt_gas": False} if self.is_deepspeed_enabled else {}
+        self.accelerator.backward(loss / args.gradient_accumulation_steps, **kwargs)
         stats = {"loss": loss.detach(), "pg_loss": pg_loss.detach(), "vf_loss": vf_loss.detach()}
         if "ptx_loss" in out:
             stats["ptx_loss"] = out["ptx_loss"].detach()
@@ -501,7 +542,14 @@ class PPOTrainer(Trainer):
         """Adapters/heads, optimizer, scheduler, trainer state, beta, data positions, then the RNG states."""
         if not Path(checkpoint, PPO_STATE_FILE).exists():
             raise ValueError(f"{checkpoint} is not a PPO checkpoint (no {PPO_STATE_FILE})")
-        self._load_from_checkpoint(checkpoint)
+        if (
+            self.is_deepspeed_enabled
+        ):  # the engine's checkpoint: trainable weights + (sharded) optimizer state
+            from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+
+            deepspeed_load_checkpoint(self.model_wrapped, checkpoint, load_module_strict=False)
+        else:
+            self._load_from_checkpoint(checkpoint)
         self._load_optimizer_and_scheduler(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_FILE))
         self.state.compute_steps(self.args, self.max_updates)
@@ -522,9 +570,19 @@ class PPOTrainer(Trainer):
         """The trainable parts (policy adapter, critic) and the tokenizer; the frozen base is never copied."""
         output_dir = Path(output_dir or self.args.output_dir)
         self.accelerator.wait_for_everyone()
+        with self.whole_parameters(trainable_only=True):  # ZeRO-3: gathered on every process, one writes
+            if self.args.should_save:
+                self.roles.save_trainable(output_dir)
+                self.processing_class.save_pretrained(output_dir)
+        self.accelerator.wait_for_everyone()
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_deepspeed_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        # The engine's checkpoint without the frozen base (Trainer only drops it for a PeftModel), + our scheduler.
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
         if self.args.should_save:
-            self.roles.save_trainable(output_dir)
-            self.processing_class.save_pretrained(output_dir)
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """Trainer's checkpoint (model via `save_model`, optimizer, scheduler, RNG, state) + PPO's own state."""
