@@ -10,10 +10,9 @@ value and reward LoRA adapters (TRL: three models, the value model trained in fu
     OMP_NUM_THREADS=1 python benchmarks/ppo.py --size tiny --updates 3 --prompt_len 16 --answer_len 16 --batch 8
 
 Per update it reports (median of the updates after the first, as the anchor): wall seconds between
-`on_step_end` callbacks (the anchor's measure), and where they go: generation (PPOTrainer's own
-`perf/seconds_generate`), rollout scoring (policy / reference / value / reward no-grad forwards = rollout time
-- generation), the PPO epochs, and the rest. Rollout and PPO-epoch times are taken here by wrapping
-`PPOTrainer.rollout` / `.ppo_epochs` with CUDA-synchronised timers: the trainer logs no such metrics.
+`on_step_end` callbacks (the anchor's measure), and where they go, from PPOTrainer's own CUDA-synchronised
+`perf/*` logs: generation (`seconds_generate`), rollout scoring (`seconds_score`: policy / reference / value /
+reward no-grad forwards), the PPO epochs (`seconds_ppo_epochs`), and the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import argparse
 import json
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,20 +69,6 @@ class StepTimer(TrainerCallback):
     @property
     def intervals(self) -> list[float]:
         return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
-
-
-def timed(fn: Callable, sink: list[float]) -> Callable:
-    """`fn` with its synchronised wall time appended to `sink` on every call."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        sync()
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        sync()
-        sink.append(time.perf_counter() - start)
-        return out
-
-    return wrapper
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -236,10 +220,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             callbacks=[timer],
         )
         trainer.remove_callback(PrinterCallback)  # the per-update log dicts; the result has what matters
-        rollout_s: list[float] = []
-        epochs_s: list[float] = []
-        trainer.rollout = timed(trainer.rollout, rollout_s)
-        trainer.ppo_epochs = timed(trainer.ppo_epochs, epochs_s)
         result["setup_s"] = round(time.perf_counter() - start, 1)
         reset_peak()
         trainer.train()
@@ -252,7 +232,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = [h for h in trainer.state.log_history if "perf/seconds_per_update" in h]
     updates = timer.intervals
     generate = [h["perf/seconds_generate"] for h in logs]
-    scoring = [r - g for r, g in zip(rollout_s, generate, strict=True)]
+    scoring = [h["perf/seconds_score"] for h in logs]  # the trainer's own synchronised breakdown
+    epochs_s = [h["perf/seconds_ppo_epochs"] for h in logs]
     median = median_after_first(updates)
     result.update(
         update_s=[round(x, 3) for x in updates],

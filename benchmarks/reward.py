@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import random
 import time
 from typing import Any
 
 import torch
 from datasets import Dataset
 from peft import TaskType
+from torch.utils.data import SequentialSampler
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 from trl import ModelConfig, RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
@@ -52,6 +54,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--ours-epochs", type=int, default=1, help="epochs for ours (e.g. 3 = TRL's compute at K=4)"
     )
+    parser.add_argument(
+        "--trl-order",
+        choices=["shuffled", "grouped"],
+        default="shuffled",
+        help="grouped (a diagnostic): TRL reads the pairs prompt by prompt, so each of its steps holds the same "
+        "~prompts-per-step prompts as ours instead of pairs shuffled across the whole dataset",
+    )
     parser.add_argument("--full", action="store_true", help="train all weights instead of LoRA")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -76,6 +85,13 @@ def as_pairs(rows: list[dict]) -> Dataset:
         for w, lo in pairs_from_ranks(row["ranks"])
     ]
     return Dataset.from_list(pairs)
+
+
+class GroupedRewardTrainer(RewardTrainer):
+    """TRL's pairwise trainer reading its pairs in dataset order (the pairs of one prompt stay together)."""
+
+    def _get_train_sampler(self, *args: Any, **kwargs: Any) -> SequentialSampler:
+        return SequentialSampler(self.train_dataset)
 
 
 def train_config(args: argparse.Namespace, batch_size: int, lr: float, epochs: int = 1) -> RewardConfig:
@@ -162,7 +178,11 @@ def main() -> None:
     for k in args.k:
         rows = sampled(policy, tokenizer, prompts, k, args.seed, labeller)
         ranked = prepare_ranked(rows, tokenizer, max_length=args.max_length)
-        pairs = as_pairs(ranked.rows)
+        rows = list(ranked.rows)
+        if args.trl_order == "grouped":
+            random.Random(args.seed).shuffle(rows)  # a random prompt order, each prompt's pairs consecutive
+        pairs = as_pairs(rows)
+        trl_class = GroupedRewardTrainer if args.trl_order == "grouped" else RewardTrainer
         answers = sum(len(r["responses"]) for r in ranked.rows)
         pairs_per_step = max(1, round(args.prompts_per_step * len(pairs) / len(ranked.rows)))
         for lr in args.lr:
@@ -176,7 +196,7 @@ def main() -> None:
                 lr,
                 args.ours_epochs,
             )
-            trl = run_one(RewardTrainer, args, tokenizer, pairs, pairs_per_step, gold, lr)
+            trl = run_one(trl_class, args, tokenizer, pairs, pairs_per_step, gold, lr)
             results.append((k, str(lr), answers, len(pairs), ours, trl))
         if len(args.lr) > 1:  # each method at its own best learning rate
             mine = [r for r in results if r[0] == k]
@@ -188,7 +208,7 @@ def main() -> None:
     when = datetime.date.today().isoformat()
     print(
         f"\n{when}, device={args.device}, {args.prompts} prompts, {args.prompts_per_step} prompts/step, "
-        f"epochs ours={args.ours_epochs}, TRL=1"
+        f"epochs ours={args.ours_epochs}, TRL=1, TRL pair order: {args.trl_order}, seed {args.seed}"
     )
     print(
         "| K | lr (ours / TRL) | forwards/epoch ours / TRL | steps ours / TRL | seconds ours | seconds TRL | speed-up "

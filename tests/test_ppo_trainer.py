@@ -278,8 +278,13 @@ def test_ptx_and_early_stop_and_logging(sft_dir, rm_dir, prompts, tmp_path):
         "answer/eos_fraction",
         "perf/generated_tokens_per_s",
         "perf/seconds_per_update",
+        "perf/seconds_generate",
+        "perf/seconds_score",
+        "perf/seconds_ppo_epochs",
     ):
         assert key in log and math.isfinite(log[key]), key
+    parts = [log[f"perf/seconds_{k}"] for k in ("generate", "score", "ppo_epochs")]
+    assert min(parts) > 0 and sum(parts) <= log["perf/seconds_per_update"]  # the breakdown of one update
     assert trainer.ptx_stream.position == 4 * 2 * 2  # a ptx batch of 4 per microbatch (2 per epoch, 2 epochs)
 
 

@@ -84,6 +84,7 @@ class Rollout:
     raw_scores: Tensor  # [B] the reward model's output
     scores: Tensor  # [B] after normalisation, clipping and the missing-eos penalty
     generation_seconds: float
+    scoring_seconds: float
 
     @property
     def answer_width(self) -> int:
@@ -109,6 +110,11 @@ class PPOTrainer(Trainer):
             train_dataset=train_dataset,
             callbacks=callbacks,
         )
+        if self.is_fsdp_enabled:
+            raise NotImplementedError(
+                "PPO under FSDP is untested (accelerate runs FSDP on GPUs only): use recipes/accelerate/"
+                "multi_gpu.yaml (DDP), zero2.yaml or zero3.yaml"
+            )
         self.ptx_dataset = ptx_dataset if args.ptx_coef > 0 else None
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         self.global_rollout_batch_size = args.rollout_batch_size * world
@@ -163,6 +169,12 @@ class PPOTrainer(Trainer):
     def roles(self) -> PPOModel:
         return self.accelerator.unwrap_model(self.model_wrapped)
 
+    def clock(self) -> float:
+        """Wall time after the GPU's queued work has finished (CUDA runs asynchronously)."""
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     @property
     def is_zero3(self) -> bool:
         return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
@@ -212,7 +224,7 @@ class PPOTrainer(Trainer):
         metrics: dict[str, float] = {}
         while self.state.global_step < self.state.max_steps and not self.control.should_training_stop:
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
-            start = time.time()
+            start = self.clock()
 
             # 1. rollout: sample answers to a batch of prompts, score them, remember pi_old / ref / V
             rollout = self.rollout(self.next_prompts())
@@ -229,9 +241,12 @@ class PPOTrainer(Trainer):
             advantages, returns = core.gae(rewards, rollout.values, rollout.answer_mask, args.gamma, args.lam)
             advantages = self.whiten(advantages, rollout.answer_mask) * rollout.answer_mask
             # 4. num_ppo_epochs x num_mini_batches optimizer steps on this batch
+            epochs_start = self.clock()
             update_stats = self.ppo_epochs(rollout, advantages, returns)
+            end = self.clock()
 
-            metrics = self.update_metrics(rollout, kl, returns, update_stats, time.time() - start)
+            metrics = self.update_metrics(rollout, kl, returns, update_stats, end - start)
+            metrics["perf/seconds_ppo_epochs"] = end - epochs_start
             self.kl_ctl.update(metrics["objective/kl"], self.global_rollout_batch_size)
             self.lr_scheduler.step()
             self.state.global_step += 1
@@ -265,7 +280,7 @@ class PPOTrainer(Trainer):
         device = self.accelerator.device
         batch = encode_prompts(tokenizer, prompts).to(device)
         self.model_wrapped.eval()  # sampling keeps its KV cache even when training uses checkpointing
-        start = time.time()
+        start = self.clock()
         with self.whole_parameters(), self.accelerator.autocast():
             sequences = roles.generate(
                 batch["input_ids"],
@@ -273,7 +288,7 @@ class PPOTrainer(Trainer):
                 self.generation_config,
                 merge=args.merge_adapter_for_generation,
             )
-        generation_seconds = time.time() - start
+        generation_seconds = self.clock() - start
         width = batch["input_ids"].shape[1]
         answer_ids = sequences[:, width:]
         # Everything after the first eos is not part of the answer, whatever its id (pad may equal eos).
@@ -308,6 +323,7 @@ class PPOTrainer(Trainer):
                 parts["values"].append(values.float())
                 parts["raw"].append(roles.scores(ids, mask, last_index[i : i + chunk]))
         cat = {k: torch.cat(v) for k, v in parts.items()}
+        scoring_seconds = self.clock() - start - generation_seconds
         mask_f = answer_mask.float()
         return Rollout(
             prompts=list(prompts),
@@ -323,6 +339,7 @@ class PPOTrainer(Trainer):
             raw_scores=cat["raw"],
             scores=self.shape_scores(cat["raw"], has_eos),
             generation_seconds=generation_seconds,
+            scoring_seconds=scoring_seconds,
         )
 
     def shape_scores(self, raw: Tensor, has_eos: Tensor) -> Tensor:
@@ -480,6 +497,7 @@ class PPOTrainer(Trainer):
         tokens = self.accelerator.reduce(mask.sum().to(device), "sum").item()
         metrics["perf/generated_tokens_per_s"] = tokens / max(rollout.generation_seconds, 1e-9)
         metrics["perf/seconds_generate"] = rollout.generation_seconds
+        metrics["perf/seconds_score"] = rollout.scoring_seconds
         metrics["perf/seconds_per_update"] = seconds
         metrics["beta"] = self.kl_ctl.value
         metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
