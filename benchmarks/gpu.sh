@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu.sh 7b        # device: ours 7b, 8-bit base, 24 GiB cap                          (~6 min)
 #   bash benchmarks/gpu.sh memory    # device: memory.py 1b 7b (SFT, RM, PPO; 8-bit base, 24 GiB cap)    (~6 min)
 #   bash benchmarks/gpu.sh memory13  # device: memory.py 13b                                              (~6 min)
+#   bash benchmarks/gpu.sh reward    # device: reward.py, ranked vs TRL pairwise RM, K=4 and 8 (tiny SFT)  (~5 min)
 #   bash benchmarks/gpu.sh smoke     # anywhere: the same plumbing on tiny models (CPU is fine)
 #   bash benchmarks/gpu.sh all       # device: all of the above in one go (> 10 min: too long for one device call)
 #
@@ -109,6 +110,11 @@ part_7b() {
 part_memory() {
   ours memory-1b-7b 560 benchmarks/memory.py --size 1b 7b --json
 }
+part_reward() {  # the RM benchmark's GPU column: the tiny SFT model trained here, then both trainers on it
+  ours sft-tiny 300 recipes/sft.py --config recipes/configs/sft_tiny.yaml --output_dir "$RLHF_BENCH_DIR/sft-tiny"
+  ours reward 560 benchmarks/reward.py --sft "$RLHF_BENCH_DIR/sft-tiny/merged" --device cuda --k 4 8 --lr 2e-3
+  grep '^|\|^20' "$OUT/reward.log"
+}
 part_smoke() {  # the plumbing on a CPU, tiny models (PY=... may point at a venv that has every package)
   anchor tiny lora
   ours ppo-tiny 300 benchmarks/ppo.py --size tiny --updates 3 --prompt_len 16 --answer_len 16 --batch 8 --json
@@ -125,8 +131,9 @@ case $PART in
   7b) part_7b ;;
   memory) part_memory ;;
   memory13) part_memory13 ;;
+  reward) part_reward ;;
   smoke) part_smoke ;;
   all) part_speed; part_7b; part_memory; part_memory13 ;;
-  *) echo "unknown part $PART (prepare | speed | 7b | memory | memory13 | all | smoke)"; exit 2 ;;
+  *) echo "unknown part $PART (prepare | speed | 7b | memory | memory13 | reward | all | smoke)"; exit 2 ;;
 esac
 table
