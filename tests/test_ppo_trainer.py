@@ -308,6 +308,40 @@ def test_critic_head_smoke(sft_dir, rm_dir, prompts, tmp_path):
     assert math.isfinite(updates(trainer)[0]["loss/value"])
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_memory_path_one_kbit_base_paged_adamw_and_checkpointing(sft_dir, rm_dir, prompts, tmp_path, bits):
+    """The 24 GB-GPU settings on CPU: one 8/4-bit base for all four roles, paged 8-bit AdamW, checkpointing."""
+    cfg = make_config(
+        sft_dir,
+        rm_dir,
+        tmp_path,
+        critic="head",  # checkpointing re-runs forwards in backward: one adapter per pass
+        gradient_checkpointing=True,
+        optim="paged_adamw_8bit",
+        **{f"load_in_{bits}bit": True},
+    )
+    trainer = make_trainer(cfg, prompts)
+    model = trainer.roles
+    quantized = [m for m in model.modules() if type(m).__module__.startswith("bitsandbytes")]
+    layers = model.causal_lm.config.num_hidden_layers
+    assert len(quantized) == 7 * layers  # q k v o gate up down, once: the roles share one base
+    optimizer = trainer.optimizer.optimizer  # under Accelerate's wrapper
+    assert (type(optimizer).__module__, optimizer.args.optim_bits, optimizer.is_paged) == (
+        "bitsandbytes.optim.adamw",
+        8,
+        True,
+    )
+    assert model.causal_lm.is_gradient_checkpointing
+    policy_before = [p.detach().clone() for p in model.adapter_parameters(POLICY)]
+    head_before = model.value_head.weight.detach().clone()
+    trainer.train()
+    assert any(
+        not torch.equal(a, b) for a, b in zip(policy_before, model.adapter_parameters(POLICY), strict=True)
+    )
+    assert not torch.equal(head_before, model.value_head.weight)
+    assert math.isfinite(updates(trainer)[0]["loss/total"])
+
+
 def test_full_reward_model_and_model_critic_smoke(sft_dir, rm_dir, rm_full_dir, prompts, tmp_path):
     cfg = make_config(sft_dir, rm_full_dir, tmp_path / "a", critic="model")
     trainer = make_trainer(cfg, prompts)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import SFT_TINY_YAML
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlhf_hf import SFTRecipe
@@ -171,3 +173,29 @@ def test_local_files_load_through_datasets(tmp_path, suffix):
     assert load_split(str(path), "train")["completion"] == ["c", "d"]
     ds.save_to_disk(str(tmp_path / "saved"))
     assert load_split(str(tmp_path / "saved"), "train")["prompt"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_memory_path_kbit_base_paged_adamw_and_checkpointing(tmp_path, tiny_base, monkeypatch, bits):
+    """The consumer-GPU settings (k-bit base + LoRA + gradient checkpointing + paged 8-bit AdamW) train on CPU."""
+    from trl import SFTTrainer
+
+    data = _rows(tmp_path, [_ok("1 2 3")] * 16)
+    overrides = {"gradient_checkpointing": True, "optim": "paged_adamw_8bit", f"load_in_{bits}bit": True}
+    recipe = _recipe(tmp_path, data, max_steps=2, merge=False, **overrides)
+    seen = {}
+    create_optimizer = SFTTrainer.create_optimizer
+
+    def spy(self, *args, **kwargs):
+        optimizer = create_optimizer(self, *args, **kwargs)
+        seen["optimizer"] = (type(optimizer).__module__, optimizer.args.optim_bits, optimizer.is_paged)
+        seen["quantized"] = sum(
+            type(m).__name__ in ("Linear8bitLt", "Linear4bit") for m in self.model.modules()
+        )
+        return self.optimizer
+
+    monkeypatch.setattr(SFTTrainer, "create_optimizer", spy)
+    result = recipe.run()
+    assert seen["optimizer"] == ("bitsandbytes.optim.adamw", 8, True) and seen["quantized"] > 0
+    adapter = load_file(str(Path(result.output_dir) / "adapter_model.safetensors"))
+    assert max(v.abs().max().item() for k, v in adapter.items() if "lora_B" in k) > 0  # it trained
