@@ -2,11 +2,14 @@
 # PPO speed + memory benchmarks on a GPU machine, side by side with the TRL 1.12 anchor. See benchmarks/README.md.
 #
 #   bash benchmarks/gpu.sh prepare   # HERE (network): wheels + anchor script into .bench/ (~58 MiB)
+#   bash benchmarks/gpu.sh prepare-zero  # HERE: our wheels without bitsandbytes + DeepSpeed into .bench-zero/
 #   bash benchmarks/gpu.sh speed     # device: anchor 1b lora | ours 1b | ours 1b merged generation   (~4 min)
 #   bash benchmarks/gpu.sh 7b        # device: ours 7b, 8-bit base, 24 GiB cap                          (~6 min)
 #   bash benchmarks/gpu.sh memory    # device: memory.py 1b 7b (SFT, RM, PPO; 8-bit base, 24 GiB cap)    (~6 min)
 #   bash benchmarks/gpu.sh memory13  # device: memory.py 13b                                              (~6 min)
 #   bash benchmarks/gpu.sh reward    # device: reward.py, ranked vs TRL pairwise RM, K=4 and 8 (tiny SFT)  (~5 min)
+#   BENCH_DIR=.bench-zero bash benchmarks/gpu.sh zero   # device, carry .bench-zero: zero.py, each stage plain
+#                                    # vs ZeRO-2 vs ZeRO-3 (1 process); ZERO_ARGS="--cpu --steps 2" on a CPU
 #   bash benchmarks/gpu.sh smoke     # anywhere: the same plumbing on tiny models (CPU is fine)
 #   bash benchmarks/gpu.sh all       # device: all of the above in one go (> 10 min: too long for one device call)
 #
@@ -17,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-BENCH=$REPO/.bench
+BENCH=$(realpath -m "${BENCH_DIR:-$REPO/.bench}")
 WHEELS=$BENCH/wheels
 PART=${1:-speed}
 
@@ -41,6 +44,25 @@ if [[ $PART == prepare ]]; then
   exit 0
 fi
 
+if [[ $PART == prepare-zero ]]; then  # DeepSpeed is an sdist: build its (pure Python, no ops) wheel here
+  BENCH=$REPO/.bench-zero WHEELS=$REPO/.bench-zero/wheels
+  PIP=${PIP:-python3 -m pip}
+  FLAGS="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $WHEELS"
+  mkdir -p "$WHEELS"
+  for spec in trl==1.16.0 transformers==5.23.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
+              evaluate==0.4.6 hjson ninja msgpack py-cpuinfo nvidia-ml-py einops pydantic pydantic-core \
+              annotated-types typing-inspection typing-extensions; do
+    $PIP download -q $FLAGS "$spec" || { echo "pip download $spec failed"; exit 1; }
+  done
+  # the build imports torch: use an environment that has it (make install's venv)
+  DS_BUILD_OPS=0 ${DS_PY:-$REPO/.venv/bin/python} -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" \
+    deepspeed==0.19.8 || { echo "building the deepspeed wheel failed"; exit 1; }
+  ls -la "$WHEELS"; du -sh "$BENCH"
+  echo "Keep it out of git (echo /.bench-zero/ >> .git/info/exclude); on the device: carry [\".bench-zero\"]."
+  exit 0
+fi
+
 # ------------------------------------------------------------------------------------------------ device setup
 OUT=${OUT:-/tmp/bench_out}
 mkdir -p "$OUT"
@@ -61,10 +83,17 @@ install() {  # install <target> <wheel-glob>...: once per machine
     && touch "$target/.done"
 }
 COMMON=("datasets-*.whl" "dill-*.whl" "multiprocess-*.whl")
-OURS=("${COMMON[@]}" "trl-1.16.0-*.whl" "peft-*.whl" "evaluate-*.whl" "bitsandbytes-*.whl")
+OURS=("${COMMON[@]}" "trl-1.16.0-*.whl" "peft-*.whl" "evaluate-*.whl")
+has() { compgen -G "$WHEELS/$1" > /dev/null; }
+has "bitsandbytes-*.whl" && OURS+=("bitsandbytes-*.whl")
+has "deepspeed-*.whl" && OURS+=("deepspeed-*.whl" "hjson-*.whl" "ninja-*.whl" "msgpack-*.whl" "py_cpuinfo-*.whl"
+  "nvidia_ml_py-*.whl" "einops-*.whl" "pydantic-*.whl" "pydantic_core-*.whl" "annotated_types-*.whl"
+  "typing_inspection-*.whl" "typing_extensions-*.whl")
 [[ ${OURS_TRANSFORMERS:-carried} == machine ]] || OURS+=("transformers-*.whl")
 install $SITE_OURS "${OURS[@]}" || { echo "installing our wheels failed"; exit 1; }
-install $SITE_ANCHOR "${COMMON[@]}" "trl-1.12.0-*.whl" || { echo "installing the anchor's wheels failed"; exit 1; }
+if has "trl-1.12.0-*.whl"; then
+  install $SITE_ANCHOR "${COMMON[@]}" "trl-1.12.0-*.whl" || { echo "installing the anchor's wheels failed"; exit 1; }
+fi
 
 ours() {  # ours <log name> <timeout s> <python args...>: our code on trl 1.16 (+ transformers 5.23)
   local name=$1 limit=$2; shift 2
@@ -83,10 +112,14 @@ anchor() {  # anchor <size> <mode>: TRL 1.12's PPOTrainer on the machine's trans
 versions() {
   echo "== versions"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  PYTHONPATH=$SITE_OURS $PY -c "import torch, transformers, trl, peft, datasets, bitsandbytes, pyarrow, fsspec; \
-print('ours:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, \
-'peft', peft.__version__, 'datasets', datasets.__version__, 'bnb', bitsandbytes.__version__, \
-'pyarrow', pyarrow.__version__, 'fsspec', fsspec.__version__)"
+  PYTHONPATH=$SITE_OURS $PY -c "
+import importlib
+def v(name):
+    try:
+        return getattr(importlib.import_module(name), '__version__', '?')
+    except Exception:
+        return 'absent'
+print('ours:', *(f'{m} {v(m)}' for m in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'bitsandbytes', 'deepspeed', 'pyarrow', 'fsspec')))"
   PYTHONPATH=$SITE_ANCHOR $PY -c "import transformers, trl, peft; \
 print('anchor:', 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__)"
   df -h /tmp | tail -n 1
@@ -115,6 +148,11 @@ part_reward() {  # the RM benchmark's GPU column: the tiny SFT model trained her
   ours reward 560 benchmarks/reward.py --sft "$RLHF_BENCH_DIR/sft-tiny/merged" --device cuda --k 4 8 --lr 2e-3
   grep '^|\|^20' "$OUT/reward.log"
 }
+part_zero() {  # each stage plain vs ZeRO-2 vs ZeRO-3 on the tiny default (needs the .bench-zero wheels)
+  # shellcheck disable=SC2086
+  ours zero 560 benchmarks/zero.py ${ZERO_ARGS:-}
+  grep '^|\|^20' "$OUT/zero.log"
+}
 part_smoke() {  # the plumbing on a CPU, tiny models (PY=... may point at a venv that has every package)
   anchor tiny lora
   ours ppo-tiny 300 benchmarks/ppo.py --size tiny --updates 3 --prompt_len 16 --answer_len 16 --batch 8 --json
@@ -132,8 +170,9 @@ case $PART in
   memory) part_memory ;;
   memory13) part_memory13 ;;
   reward) part_reward ;;
+  zero) part_zero ;;
   smoke) part_smoke ;;
   all) part_speed; part_7b; part_memory; part_memory13 ;;
-  *) echo "unknown part $PART (prepare | speed | 7b | memory | memory13 | reward | all | smoke)"; exit 2 ;;
+  *) echo "unknown part $PART (prepare | prepare-zero | speed | 7b | memory | memory13 | reward | zero | all | smoke)"; exit 2 ;;
 esac
 table
