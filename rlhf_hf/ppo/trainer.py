@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,7 @@ class PPOTrainer(Trainer):
         return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
 
     @contextlib.contextmanager
-    def whole_parameters(self, trainable_only: bool = False, modifier_rank: int | None = None):
+    def whole_parameters(self, trainable_only: bool = False) -> Iterator[None]:
         """Under ZeRO-3, every process holds whole parameters inside (collective: all processes must enter).
 
         For generation (all parameters, with ZeRO's per-module gather hooks taken off: one gather instead of one
@@ -196,7 +196,7 @@ class PPOTrainer(Trainer):
         params = list(
             self.roles.trainable_parameters() if trainable_only else self.model_wrapped.parameters()
         )
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+        with deepspeed.zero.GatheredParameters(params):
             if trainable_only:
                 yield
                 return
