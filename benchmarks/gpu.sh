@@ -3,7 +3,8 @@
 #
 #   bash benchmarks/gpu.sh prepare   # HERE (network): wheels + anchor script into .bench/ (~58 MiB)
 #   bash benchmarks/gpu.sh prepare-zero  # HERE: our wheels without bitsandbytes + DeepSpeed into .bench-zero/
-#   bash benchmarks/gpu.sh speed     # device: anchor 1b lora | ours 1b | ours 1b merged generation   (~4 min)
+#   bash benchmarks/gpu.sh speed     # device: anchor 1b lora | ours 1b | ours 1b merged + static cache (~5 min)
+#   bash benchmarks/gpu.sh speed-variants  # device: ours 1b merged generation | ours 1b static cache     (~4 min)
 #   bash benchmarks/gpu.sh 7b        # device: ours 7b, 8-bit base, 24 GiB cap                          (~6 min)
 #   bash benchmarks/gpu.sh memory    # device: memory.py 1b 7b (SFT, RM, PPO; 8-bit base, 24 GiB cap)    (~6 min)
 #   bash benchmarks/gpu.sh memory13  # device: memory.py 13b                                              (~6 min)
@@ -132,10 +133,15 @@ table() {
 }
 
 UPDATES=${UPDATES:-5}
-part_speed() {
+part_speed() {  # the anchor, ours by default, ours with the generation settings the anchors' probe points to
   anchor 1b lora
   ours ppo-1b 300 benchmarks/ppo.py --size 1b --updates "$UPDATES" --json
+  ours ppo-1b-merged-static 300 benchmarks/ppo.py --size 1b --updates "$UPDATES" --merge_adapter_for_generation \
+    --cache_implementation static --json
+}
+part_speed_variants() {  # each generation setting alone
   ours ppo-1b-merged 300 benchmarks/ppo.py --size 1b --updates "$UPDATES" --merge_adapter_for_generation --json
+  ours ppo-1b-static 300 benchmarks/ppo.py --size 1b --updates "$UPDATES" --cache_implementation static --json
 }
 part_7b() {
   ours ppo-7b-8bit 540 benchmarks/ppo.py --size 7b --load_in_8bit --memory_cap_gib 24 --updates 3 --json
@@ -166,6 +172,7 @@ part_memory13() {
 versions
 case $PART in
   speed) part_speed ;;
+  speed-variants) part_speed_variants ;;
   7b) part_7b ;;
   memory) part_memory ;;
   memory13) part_memory13 ;;
@@ -173,6 +180,6 @@ case $PART in
   zero) part_zero ;;
   smoke) part_smoke ;;
   all) part_speed; part_7b; part_memory; part_memory13 ;;
-  *) echo "unknown part $PART (prepare | prepare-zero | speed | 7b | memory | memory13 | reward | zero | all | smoke)"; exit 2 ;;
+  *) echo "unknown part $PART (prepare | prepare-zero | speed | speed-variants | 7b | memory | memory13 | reward | zero | all | smoke)"; exit 2 ;;
 esac
 table

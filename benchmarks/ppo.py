@@ -81,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="PPORecipeConfig.merge_adapter_for_generation (policy delta merged while sampling)",
     )
+    p.add_argument(
+        "--cache_implementation",
+        default=None,
+        help="PPORecipeConfig.cache_implementation: `static` = compiled decoding (first update compiles)",
+    )
     p.add_argument("--updates", type=int, default=5, help="PPO updates; the first is warm-up")
     p.add_argument("--batch", type=int, default=64, help="prompts (episodes) per update")
     p.add_argument("--prompt_len", type=int, default=128)
@@ -135,6 +140,8 @@ def variant_name(args: argparse.Namespace) -> str:
     parts.append("8-bit base" if args.load_in_8bit else "4-bit base" if args.load_in_4bit else args.dtype)
     if args.merge_adapter_for_generation:
         parts.append("merged gen")
+    if args.cache_implementation:
+        parts.append(f"{args.cache_implementation} cache")
     if args.gradient_checkpointing:
         parts.append("grad ckpt")
     parts.append(f"mb{args.micro_batch}")
@@ -162,6 +169,7 @@ def make_config(args: argparse.Namespace, sft: Path, reward: Path, output_dir: P
         min_new_tokens=0 if args.no_force_answer_len else args.answer_len,  # every answer exactly answer_len
         temperature=1.0,
         merge_adapter_for_generation=args.merge_adapter_for_generation,
+        cache_implementation=args.cache_implementation,
         rollout_forward_batch_size=args.rollout_forward_batch,
         per_device_train_batch_size=args.micro_batch,
         gradient_accumulation_steps=args.batch // args.micro_batch,

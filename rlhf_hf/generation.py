@@ -15,15 +15,22 @@ def as_messages(prompt: Prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
-    """Chat-templated, left-padded prompt batch (left padding keeps every answer starting at the same column)."""
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], pad_to: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Chat-templated, left-padded prompt batch (left padding keeps every answer starting at the same column).
+
+    `pad_to`: a fixed width (prompts must fit), so that every batch has the same shape: a compiled decoding step
+    (static KV cache) is then compiled once instead of once per prompt width.
+    """
     texts = [
         tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True)
         for p in prompts
     ]
+    padding = {"padding": "max_length", "max_length": pad_to} if pad_to else {"padding": True}
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return tokenizer(texts, return_tensors="pt", add_special_tokens=False, **padding)
     finally:
         tokenizer.padding_side = side
 

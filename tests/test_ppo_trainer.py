@@ -215,6 +215,24 @@ def test_merged_generation_samples_the_same_and_restores_the_base(sft_dir, rm_di
 
 
 # ---------------------------------------------------------------------------------------------- rollouts
+def test_static_cache_samples_the_same_answers_from_fixed_width_prompts(sft_dir, rm_dir, prompts, tmp_path):
+    """`cache_implementation: static` (compiled decoding on a GPU) pads prompts to max_prompt_length: the same
+    answers, log-probs, values and scores as the default, from one fixed shape."""
+    batch = list(prompts.select(range(8))["prompt"])
+    out = {}
+    for impl in (None, "static"):
+        cfg = make_config(sft_dir, rm_dir, tmp_path / str(impl), cache_implementation=impl)
+        trainer = make_trainer(cfg, prompts)
+        torch.manual_seed(0)
+        out[impl] = trainer.rollout(batch)
+    dynamic, static = out[None], out["static"]
+    assert static.input_ids.shape[1] == cfg.max_prompt_length + static.answer_width
+    assert dynamic.input_ids.shape[1] < static.input_ids.shape[1]
+    assert torch.equal(dynamic.answer_ids, static.answer_ids)
+    for name in ("logprobs", "ref_logprobs", "values", "raw_scores"):
+        assert torch.allclose(getattr(dynamic, name), getattr(static, name), atol=1e-5), name
+
+
 def test_pad_equal_to_eos_scores_the_last_real_token(sft_dir, rm_dir, prompts, tmp_path):
     tokenizer = load_tokenizer(str(sft_dir))
     tokenizer.pad_token = tokenizer.eos_token  # the ambiguous case: "first pad" would be the eos itself

@@ -99,6 +99,15 @@ class PPORecipeConfig(RecipeArgs, TrainingArguments, ModelConfig):
             "restore the exact base weights from a transient copy. Not with a quantized base."
         },
     )
+    cache_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "KV cache for sampling, passed to transformers' GenerationConfig. `static`: a fixed-size cache "
+            "for which transformers compiles the decoding step on a GPU (the anchors measured 64 x 128 tokens at "
+            "1.1B: 2.9 s -> 0.77 s after a ~30 s first call); prompts are then left-padded to max_prompt_length so "
+            "every rollout has the same shapes. None: transformers' default (dynamic)."
+        },
+    )
     ds3_gather_for_generation: bool = field(
         default=True,
         metadata={

@@ -145,6 +145,7 @@ class PPOTrainer(Trainer):
             top_k=0,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            cache_implementation=args.cache_implementation,
         )
         if args.gradient_checkpointing:  # Trainer.train() would do this; our train() replaces it
             kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": False}
@@ -278,7 +279,8 @@ class PPOTrainer(Trainer):
         """Sample answers, then score them in batched no-grad forwards (policy, reference, value, reward)."""
         args, roles, tokenizer = self.args, self.roles, self.processing_class
         device = self.accelerator.device
-        batch = encode_prompts(tokenizer, prompts).to(device)
+        fixed = args.max_prompt_length if args.cache_implementation == "static" else None
+        batch = encode_prompts(tokenizer, prompts, pad_to=fixed).to(device)
         self.model_wrapped.eval()  # sampling keeps its KV cache even when training uses checkpointing
         start = self.clock()
         with self.whole_parameters(), self.accelerator.autocast():
