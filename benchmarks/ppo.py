@@ -100,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="rollout_forward_batch_size (default: the whole batch; 16 for 7b/13b)",
     )
+    p.add_argument(
+        "--generation_batch",
+        type=int,
+        default=None,
+        help="generation_batch_size: prompts per generate call (default: the whole batch; 16 for 7b/13b)",
+    )
     p.add_argument("--critic", choices=["adapter", "head", "model"], default="adapter")
     p.add_argument(
         "--gradient_checkpointing",
@@ -130,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--batch {args.batch} must be a multiple of --micro_batch {args.micro_batch}")
     if args.rollout_forward_batch is None and big:
         args.rollout_forward_batch = 16
+    if args.generation_batch is None and big:
+        args.generation_batch = 16  # 7b: a 16 x 256-token KV cache is 2.1 GB instead of 8.6 GB for 64 rows
     args.dtype = args.dtype or default_dtype_name()
     args.work_dir = args.work_dir or default_work_dir()
     return args
@@ -145,6 +153,8 @@ def variant_name(args: argparse.Namespace) -> str:
     if args.gradient_checkpointing:
         parts.append("grad ckpt")
     parts.append(f"mb{args.micro_batch}")
+    if args.generation_batch:
+        parts.append(f"gen batch {args.generation_batch}")
     return ", ".join(parts)
 
 
@@ -171,6 +181,7 @@ def make_config(args: argparse.Namespace, sft: Path, reward: Path, output_dir: P
         merge_adapter_for_generation=args.merge_adapter_for_generation,
         cache_implementation=args.cache_implementation,
         rollout_forward_batch_size=args.rollout_forward_batch,
+        generation_batch_size=args.generation_batch,
         per_device_train_batch_size=args.micro_batch,
         gradient_accumulation_steps=args.batch // args.micro_batch,
         num_mini_batches=1,

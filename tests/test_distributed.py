@@ -35,7 +35,7 @@ from rlhf_hf.ppo.roles import PPOModel
 _generate = PPOModel.generate
 
 
-def generate_per_prompt(self, input_ids, attention_mask, generation_config, merge=False):
+def generate_per_prompt(self, input_ids, attention_mask, generation_config, merge=False, batch_size=None):
     answers = []
     for ids, mask in zip(input_ids, attention_mask, strict=True):
         prompt = ids[mask.bool()][None]

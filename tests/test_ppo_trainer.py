@@ -214,6 +214,29 @@ def test_merged_generation_samples_the_same_and_restores_the_base(sft_dir, rm_di
     assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if "lora" not in n)
 
 
+def test_generation_in_chunks_pads_and_scores_every_row(sft_dir, rm_dir, prompts, tmp_path, monkeypatch):
+    cfg = make_config(sft_dir, rm_dir, tmp_path, generation_batch_size=3, max_new_tokens=12)
+    trainer = make_trainer(cfg, prompts)
+    lm, calls = trainer.roles.causal_lm, []
+    generate = lm.generate
+
+    def spy(**kwargs):
+        out = generate(**kwargs)
+        calls.append((kwargs["input_ids"].shape[0], out.shape[1] - kwargs["input_ids"].shape[1]))
+        return out
+
+    monkeypatch.setattr(lm, "generate", spy)
+    torch.manual_seed(0)
+    rollout = trainer.rollout(list(prompts.select(range(8))["prompt"]))
+    assert [n for n, _ in calls] == [3, 3, 2]  # three generate calls, the KV cache of 3 rows at most
+    assert rollout.answer_width == max(width for _, width in calls)
+    lengths = rollout.answer_mask.sum(1)
+    assert (lengths >= 1).all() and (lengths <= rollout.answer_width).all()
+    pad = trainer.processing_class.pad_token_id
+    assert (rollout.answer_ids[rollout.answer_mask == 0] == pad).all()
+    assert torch.isfinite(rollout.logprobs).all() and torch.isfinite(rollout.raw_scores).all()
+
+
 # ---------------------------------------------------------------------------------------------- rollouts
 def test_static_cache_samples_the_same_answers_from_fixed_width_prompts(sft_dir, rm_dir, prompts, tmp_path):
     """`cache_implementation: static` (compiled decoding on a GPU) pads prompts to max_prompt_length: the same

@@ -249,12 +249,24 @@ class PPOModel(nn.Module):
         attention_mask: Tensor,
         generation_config: GenerationConfig,
         merge: bool = False,
+        batch_size: int | None = None,
     ) -> Tensor:
-        """Sampled continuations from the policy (through the unmerged adapter, or merged when `merge`)."""
+        """`[prompt | sampled answer]` rows from the policy (unmerged adapter, or merged when `merge`).
+
+        `batch_size` prompts per `generate` call (the KV cache grows with it); shorter answers are right-padded.
+        """
+        width, size = input_ids.shape[1], batch_size or len(input_ids)
         with self.merged_policy() if merge else self.adapter(POLICY):
-            return self.causal_lm.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config
-            )
+            answers = [
+                self.causal_lm.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=generation_config
+                )[:, width:]
+                for ids, mask in zip(input_ids.split(size), attention_mask.split(size), strict=True)
+            ]
+        longest = max(a.shape[1] for a in answers)
+        pad = generation_config.pad_token_id
+        answers = [nn.functional.pad(a, (0, longest - a.shape[1]), value=pad) for a in answers]
+        return torch.cat([input_ids, torch.cat(answers)], dim=1)
 
     # ---------------------------------------------------------------- saving and loading
     def save_adapter(self, name: str, directory: Path) -> None:

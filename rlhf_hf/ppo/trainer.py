@@ -289,6 +289,7 @@ class PPOTrainer(Trainer):
                 batch["attention_mask"],
                 self.generation_config,
                 merge=args.merge_adapter_for_generation,
+                batch_size=args.generation_batch_size,
             )
         generation_seconds = self.clock() - start
         width = batch["input_ids"].shape[1]
