@@ -70,9 +70,7 @@ class PipelineConfig:
         if unknown := sorted(set(values) - known):
             raise ValueError(f"pipeline config {path}: unknown key(s) {unknown}")
         config = cls(**values)
-        config.base_dir = (
-            Path(path).resolve().parent
-        )  # stage `config:` paths are relative to the pipeline file
+        config.base_dir = Path(path).resolve().parent  # stage `config:` paths are relative to this file
         return config
 
 

@@ -93,9 +93,8 @@ class PPORecipe(Recipe):
         )
         if model.reward_stats is None and cfg.normalize_reward:
             logger.warning("No reward_stats.json in %s: scores are not normalised", cfg.reward_model_path)
-        main = (
-            trainer.is_world_process_zero()
-        )  # under several processes only the main one evaluates and writes
+        # Under several processes only the main one evaluates and writes.
+        main = trainer.is_world_process_zero()
         gold = self._gold_task(cfg)
         metrics: dict[str, float] = {"train_prompts": len(prompts)}
         if gold and main:

@@ -152,9 +152,8 @@ class PPOTrainer(Trainer):
             for module in (model.causal_lm, model.value_model):
                 if module is not None:
                     module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if (
-            self.is_deepspeed_enabled
-        ):  # fill the config's "auto" values (batch sizes, clipping, bf16) as Trainer does
+        if self.is_deepspeed_enabled:
+            # Fill the config's "auto" values (batch sizes, clipping, bf16) as Trainer does.
             self.accelerator.state.deepspeed_plugin.hf_ds_config.trainer_config_finalize(
                 args, model, self.max_updates
             )
@@ -212,9 +211,7 @@ class PPOTrainer(Trainer):
         """Run `max_steps` PPO updates (continuing a checkpoint's run when resuming)."""
         args = self.args
         self._init_state()
-        if (
-            self.accelerator.process_index > 0
-        ):  # own sampling noise per process (rank 0 keeps the 1-process stream)
+        if self.accelerator.process_index > 0:  # own sampling noise (rank 0 keeps the 1-process stream)
             torch.manual_seed(args.seed + 100_003 * self.accelerator.process_index)
         checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
         if checkpoint is not None:
@@ -563,9 +560,8 @@ class PPOTrainer(Trainer):
         """Adapters/heads, optimizer, scheduler, trainer state, beta, data positions, then the RNG states."""
         if not Path(checkpoint, PPO_STATE_FILE).exists():
             raise ValueError(f"{checkpoint} is not a PPO checkpoint (no {PPO_STATE_FILE})")
-        if (
-            self.is_deepspeed_enabled
-        ):  # the engine's checkpoint: trainable weights + (sharded) optimizer state
+        if self.is_deepspeed_enabled:
+            # The engine's checkpoint: trainable weights + (sharded) optimizer state.
             from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 
             deepspeed_load_checkpoint(self.model_wrapped, checkpoint, load_module_strict=False)
