@@ -11,6 +11,7 @@
 #   bash benchmarks/gpu.sh reward    # device: reward.py, ranked vs TRL pairwise RM, K=4 and 8 (tiny SFT)  (~5 min)
 #   BENCH_DIR=.bench-zero bash benchmarks/gpu.sh zero   # device, carry .bench-zero: zero.py, each stage plain
 #                                    # vs ZeRO-2 vs ZeRO-3 (1 process); ZERO_ARGS="--cpu --steps 2" on a CPU
+#   bash benchmarks/gpu.sh gpu-tests # device: pytest -m gpu (tests/test_gpu.py)                          (~2 min)
 #   bash benchmarks/gpu.sh smoke     # anywhere: the same plumbing on tiny models (CPU is fine)
 #   bash benchmarks/gpu.sh all       # device: all of the above in one go (> 10 min: too long for one device call)
 #
@@ -34,7 +35,7 @@ if [[ $PART == prepare ]]; then
   mkdir -p "$WHEELS" "$BENCH/anchor"
   # one spec per call: pip refuses two versions of trl in one resolution
   for spec in trl==1.12.0 trl==1.16.0 transformers==5.23.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 \
-              multiprocess==0.70.19 evaluate==0.4.6 bitsandbytes==0.50.2; do
+              multiprocess==0.70.19 evaluate==0.4.6 bitsandbytes==0.50.2 pytest==9.2.0 pluggy iniconfig pygments; do
     $PIP download -q $FLAGS "$spec" || { echo "pip download $spec failed"; exit 1; }
   done
   ANCHORS=${ANCHORS:-$REPO/../shared/anchors}
@@ -86,6 +87,7 @@ install() {  # install <target> <wheel-glob>...: once per machine
 COMMON=("datasets-*.whl" "dill-*.whl" "multiprocess-*.whl")
 OURS=("${COMMON[@]}" "trl-1.16.0-*.whl" "peft-*.whl" "evaluate-*.whl")
 has() { compgen -G "$WHEELS/$1" > /dev/null; }
+has "pytest-*.whl" && OURS+=("pytest-*.whl" "pluggy-*.whl" "iniconfig-*.whl" "pygments-*.whl")
 has "bitsandbytes-*.whl" && OURS+=("bitsandbytes-*.whl")
 has "deepspeed-*.whl" && OURS+=("deepspeed-*.whl" "hjson-*.whl" "ninja-*.whl" "msgpack-*.whl" "py_cpuinfo-*.whl"
   "nvidia_ml_py-*.whl" "einops-*.whl" "pydantic-*.whl" "pydantic_core-*.whl" "annotated_types-*.whl"
@@ -159,6 +161,10 @@ part_zero() {  # each stage plain vs ZeRO-2 vs ZeRO-3 on the tiny default (needs
   ours zero 560 benchmarks/zero.py ${ZERO_ARGS:-}
   grep '^|\|^20' "$OUT/zero.log"
 }
+part_gpu_tests() {  # the `gpu`-marked tests (bf16, bitsandbytes CUDA kernels, static-cache decoding)
+  echo "== pytest -m gpu"
+  PYTHONPATH=$SITE_OURS:$REPO timeout 500 $PY -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 15
+}
 part_smoke() {  # the plumbing on a CPU, tiny models (PY=... may point at a venv that has every package)
   anchor tiny lora
   ours ppo-tiny 300 benchmarks/ppo.py --size tiny --updates 3 --prompt_len 16 --answer_len 16 --batch 8 --json
@@ -178,8 +184,9 @@ case $PART in
   memory13) part_memory13 ;;
   reward) part_reward ;;
   zero) part_zero ;;
+  gpu-tests) part_gpu_tests ;;
   smoke) part_smoke ;;
   all) part_speed; part_7b; part_memory; part_memory13 ;;
-  *) echo "unknown part $PART (prepare | prepare-zero | speed | speed-variants | 7b | memory | memory13 | reward | zero | all | smoke)"; exit 2 ;;
+  *) echo "unknown part $PART (prepare | prepare-zero | speed | speed-variants | 7b | memory | memory13 | reward | zero | gpu-tests | all | smoke)"; exit 2 ;;
 esac
 table
