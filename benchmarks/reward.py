@@ -55,6 +55,9 @@ def parse_args() -> argparse.Namespace:
         "--ours-epochs", type=int, default=1, help="epochs for ours (e.g. 3 = TRL's compute at K=4)"
     )
     parser.add_argument(
+        "--trl-epochs", type=int, default=1, help="epochs for TRL (> 1: does the pairwise run overfit?)"
+    )
+    parser.add_argument(
         "--trl-order",
         choices=["shuffled", "grouped"],
         default="shuffled",
@@ -196,7 +199,7 @@ def main() -> None:
                 lr,
                 args.ours_epochs,
             )
-            trl = run_one(trl_class, args, tokenizer, pairs, pairs_per_step, gold, lr)
+            trl = run_one(trl_class, args, tokenizer, pairs, pairs_per_step, gold, lr, args.trl_epochs)
             results.append((k, str(lr), answers, len(pairs), ours, trl))
         if len(args.lr) > 1:  # each method at its own best learning rate
             mine = [r for r in results if r[0] == k]
@@ -208,7 +211,7 @@ def main() -> None:
     when = datetime.date.today().isoformat()
     print(
         f"\n{when}, device={args.device}, {args.prompts} prompts, {args.prompts_per_step} prompts/step, "
-        f"epochs ours={args.ours_epochs}, TRL=1, TRL pair order: {args.trl_order}, seed {args.seed}"
+        f"epochs ours={args.ours_epochs}, TRL={args.trl_epochs}, TRL pair order: {args.trl_order}, seed {args.seed}"
     )
     print(
         "| K | lr (ours / TRL) | forwards/epoch ours / TRL | steps ours / TRL | seconds ours | seconds TRL | speed-up "
