@@ -57,10 +57,16 @@ class RecipeArgs:
             ModelConfig.__post_init__(self)
         resume = getattr(self, "resume_from_checkpoint", None)
         if isinstance(resume, str) and resume.lower() in ("true", "last"):
-            self.resume_from_checkpoint = (
-                True  # the last checkpoint in output_dir, as `Trainer.train(True)` reads it
+            self.resume_from_checkpoint = True  # the last checkpoint in output_dir, as Trainer reads True
+        super().__post_init__()  # the stage's TrainingArguments subclass (reads the accelerate/DeepSpeed launch)
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        kbit = getattr(self, "load_in_8bit", False) or getattr(self, "load_in_4bit", False)
+        if kbit and is_deepspeed_zero3_enabled():
+            raise ValueError(
+                "an 8/4-bit base cannot be sharded by DeepSpeed ZeRO-3 (bitsandbytes weights): launch with "
+                "recipes/accelerate/zero2.yaml or multi_gpu.yaml, or drop load_in_8bit/load_in_4bit under ZeRO-3"
             )
-        super().__post_init__()  # the stage's TrainingArguments subclass
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from conftest import SFT_TINY_YAML
 
@@ -71,3 +73,17 @@ def test_cli_help_and_unknown_command(capsys):
     assert main(["--help"]) == 0
     assert "sft" in capsys.readouterr().out
     assert main(["fly"]) == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_kbit_base_under_zero3_is_refused_before_loading(monkeypatch):
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    # what `accelerate launch --config_file recipes/accelerate/zero3.yaml` sets for the training script
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    try:
+        with pytest.raises(ValueError, match="cannot be sharded by DeepSpeed ZeRO-3"):
+            SFTRecipe.from_yaml(SFT_TINY_YAML, load_in_8bit=True)
+    finally:
+        unset_hf_deepspeed_config()  # no process-wide ZeRO-3 flag may leak into later tests

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -240,3 +241,18 @@ def test_ppo_zero3_full_model_critic_gold_eval_and_merge(tmp_path, ppo_setup):
     metrics = _metrics(out)
     assert 0 <= metrics["gold_score_before"] <= 1 and 0 <= metrics["gold_score"] <= 1
     assert (out / "merged" / "model.safetensors").exists()
+
+
+def test_ppo_zero2_on_an_8bit_base(tmp_path, ppo_setup):
+    """ZeRO-2 shards optimizer state and gradients only, so a bitsandbytes base works (ZeRO-3 refuses it)."""
+    driver, inputs, _ = ppo_setup
+    out = tmp_path / "zero2_8bit"
+    flags = {
+        "load_in_8bit": "true",
+        "max_steps": "1",
+        "save_steps": "100",
+        "per_device_train_batch_size": "16",
+    }
+    _launch("zero2", 2, _ppo_args(driver, inputs, out, **flags))
+    assert _moved(_adapter(out / "policy")) > 0
+    assert all(math.isfinite(v) for v in _history(out)[0].values())
