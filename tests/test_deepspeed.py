@@ -95,12 +95,13 @@ def test_sft_under_deepspeed_on_two_cpu_processes(tmp_path, tiny_base, stage):
     assert (out / "merged" / "model.safetensors").exists()
 
 
-def test_reward_model_under_zero3_on_two_cpu_processes(tmp_path, tiny_base):
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_reward_model_under_deepspeed_on_two_cpu_processes(tmp_path, tiny_base, stage):
     import ppo_fixtures
 
     out = tmp_path / "reward"
     _launch(
-        "zero3",
+        stage,
         2,
         [
             "recipes/reward.py",
