@@ -13,7 +13,7 @@
 #                                    # vs ZeRO-2 vs ZeRO-3 (1 process); ZERO_ARGS="--cpu --steps 2" on a CPU
 #   bash benchmarks/gpu.sh gpu-tests # device: pytest -m gpu (tests/test_gpu.py)                          (~2 min)
 #   bash benchmarks/gpu.sh smoke     # anywhere: the same plumbing on tiny models (CPU is fine)
-#   bash benchmarks/gpu.sh all       # device: all of the above in one go (> 10 min: too long for one device call)
+#   bash benchmarks/gpu.sh all       # device: speed, 7b, memory, memory13 in one go (> 10 min: too long for one call)
 #
 # Each device part ends by printing one table of what it ran; every JSON line also goes to $OUT/results.jsonl
 # (and /tmp/bench_results.jsonl, which lives as long as the machine) and each log to $OUT/<name>.log.
@@ -69,10 +69,11 @@ fi
 OUT=${OUT:-/tmp/bench_out}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
+: > "$RESULTS"  # this call's results only
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export RLHF_BENCH_DIR=${RLHF_BENCH_DIR:-/tmp/rlhf_hf_bench}
 PY=${PY:-python3}
-SITE_OURS=/tmp/site_ours
+SITE_OURS=/tmp/site_ours-$(basename "$BENCH")-${OURS_TRANSFORMERS:-carried}  # one per wheel set (a warm machine keeps /tmp)
 SITE_ANCHOR=/tmp/site_anchor
 [[ -d $WHEELS ]] || { echo "no $WHEELS: run 'bash benchmarks/gpu.sh prepare' here and carry .bench"; exit 1; }
 
@@ -130,6 +131,7 @@ print('anchor:', 'transformers', transformers.__version__, 'trl', trl.__version_
 
 table() {
   echo "== results ($PART)"
+  [[ -s $RESULTS ]] || { echo "(no JSON results: see the logs above)"; return 0; }
   PYTHONPATH=$SITE_OURS:$REPO $PY benchmarks/common.py "$RESULTS"
   cat "$RESULTS" >> /tmp/bench_results.jsonl
 }

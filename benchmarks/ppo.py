@@ -266,9 +266,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         answer_eos_fraction=logs[-1]["answer/eos_fraction"],
         logged_seconds_per_update=[round(h["perf/seconds_per_update"], 3) for h in logs],
     )
-    result["other_s"] = round(
-        result["median_update_s"] - result["generate_s"] - result["scoring_s"] - result["ppo_epochs_s"], 3
-    )
+    # per update from the trainer's own breakdown, then the median (a difference of medians can go negative)
+    other = [
+        h["perf/seconds_per_update"]
+        - h["perf/seconds_generate"]
+        - h["perf/seconds_score"]
+        - h["perf/seconds_ppo_epochs"]
+        for h in logs
+    ]
+    result["other_s"] = round(median_after_first(other), 3)
     if not args.no_force_answer_len and result["answer_mean_length"] != args.answer_len:
         result["note"] = f"answers averaged {result['answer_mean_length']} tokens, not {args.answer_len}"
     return result

@@ -8,7 +8,7 @@ relative to the adapter's own largest entry (on a GPU in bf16 the runs agree to 
 keeps fp32 master weights and reduces gradients in its own order).
 
     python benchmarks/zero.py                      # GPU: 1 process per ZeRO run
-    python benchmarks/zero.py --cpu --steps 3      # CPU (DeepSpeed's CPU accelerator), what the smoke run does
+    python benchmarks/zero.py --cpu --steps 3      # CPU (DeepSpeed's CPU accelerator): RESULTS.md's CPU table
 """
 
 from __future__ import annotations

@@ -76,7 +76,6 @@ def _export(args: list[str]) -> int:
     parser.add_argument(
         "--run", default=None, help="the run dir whose stages and metrics go into the model card"
     )
-    parser.add_argument("--merge", action="store_true", default=True, help="merge adapters (always done)")
     ns = parser.parse_args(args)
     print(export(ns.model, ns.output, run_dir=ns.run))
     return 0
@@ -90,9 +89,12 @@ def _pipeline(args: list[str]) -> int:
     parser.add_argument("--run_dir", default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--force", action="store_true", help="re-run stages that already finished")
+    parser.add_argument(
+        "--force", action="store_true", default=None, help="re-run stages that already finished"
+    )
     ns = parser.parse_args(args)
-    overrides = {k: v for k, v in vars(ns).items() if k != "config" and v not in (None, False)}
+    # `is not None`: `--seed 0` is an override too
+    overrides = {k: v for k, v in vars(ns).items() if k != "config" and v is not None}
     try:
         RLHFPipeline.from_yaml(ns.config, **overrides).run()
     except PausedForRanking as paused:

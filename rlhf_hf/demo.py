@@ -18,9 +18,9 @@ def run_demo(run_dir: str | Path = "runs/demo", seed: int = 0, **overrides: Any)
     """
     import time
 
-    from .tiny.model import cache_dir, get_tiny_base
+    from .tiny.model import get_tiny_base, tiny_base_dir
 
-    start, cached = time.time(), any(cache_dir().glob("tiny-base-*/config.json"))
+    start, cached = time.time(), (tiny_base_dir() / "config.json").exists()
     get_tiny_base()  # pretrains the tiny base once (cached), so its time is not charged to SFT
     pipeline = RLHFPipeline.from_yaml(DEMO_CONFIG, run_dir=str(run_dir), seed=seed, **overrides)
     pipeline.timings.append(("0. pretrain tiny base", time.time() - start, "cached" if cached else "built"))

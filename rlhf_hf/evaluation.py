@@ -121,6 +121,7 @@ def compare_policies(
 ) -> dict[str, dict[str, float]]:
     """Per policy, on the same held-out prompts: RM score, gold score, win rates vs `baseline` (by the RM and
     by the gold judge), KL to `reference` (mean over answers of log p - log p_ref), answer length, eos rate."""
+    from .reward.model import normalize
     from .reward.model import score as rm_score
 
     samples = {
@@ -139,7 +140,7 @@ def compare_policies(
         if reward is not None:
             model, rm_tok, stats = reward
             raw = rm_score(model, rm_tok, s.prompts, s.texts)
-            rm[name] = [(r - stats["mean"]) / max(stats["std"], 1e-8) for r in raw]
+            rm[name] = [normalize(r, stats) for r in raw]
             row["rm_score"] = statistics.fmean(rm[name])
         if task is not None:
             gold[name] = [task.score(p, a) for p, a in zip(s.prompts, s.texts, strict=True)]

@@ -28,11 +28,7 @@ def encode_prompts(
         for p in prompts
     ]
     padding = {"padding": "max_length", "max_length": pad_to} if pad_to else {"padding": True}
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        return tokenizer(texts, return_tensors="pt", add_special_tokens=False, **padding)
-    finally:
-        tokenizer.padding_side = side
+    return tokenizer(texts, return_tensors="pt", add_special_tokens=False, padding_side="left", **padding)
 
 
 def answer_lengths(

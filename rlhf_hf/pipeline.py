@@ -18,12 +18,13 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers.utils import logging as hf_logging
 
 from .data import load_split
 from .ppo import PPORecipe
@@ -109,7 +110,7 @@ class RLHFPipeline:
             path = getattr(self.config, "base_dir", Path.cwd()) / path
         return recipe_cls.from_yaml(path, **merged)
 
-    def _run_stage(self, name: str, out: Path, recipe: Recipe | None = None, build=None) -> dict[str, Any]:
+    def _run_stage(self, name: str, out: Path, build: Callable[[], Recipe]) -> dict[str, Any]:
         """Run a stage unless its metrics.json says it finished (then reuse its metrics)."""
         done = out / "metrics.json"
         if done.exists() and not self.config.force:
@@ -119,7 +120,7 @@ class RLHFPipeline:
             return metrics
         start = time.time()
         with self._stage_output(name):
-            result: RecipeResult = (recipe or build()).run()
+            result: RecipeResult = build().run()
         self.timings.append((name, time.time() - start, _headline(result.metrics)))
         if self.config.quiet:
             print(f"  done in {time.time() - start:.0f} s: {_headline(result.metrics)}", flush=True)
@@ -136,7 +137,15 @@ class RLHFPipeline:
         path = logs / (name.replace(". ", "_").replace(" ", "_").replace("+", "and") + ".log")
         print(f"{name} ... (log: {path})", flush=True)
         with open(path, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            yield
+            # transformers' log handler kept the stderr it saw at import: point its messages at the file too
+            handler = logging.StreamHandler(f)
+            hf_logging.disable_default_handler()
+            hf_logging.add_handler(handler)
+            try:
+                yield
+            finally:
+                hf_logging.remove_handler(handler)
+                hf_logging.enable_default_handler()
 
     def run(self) -> dict[str, Any]:
         cfg, run = self.config, self.run_dir

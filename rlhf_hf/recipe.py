@@ -16,7 +16,10 @@ from typing import Any, ClassVar, Self
 
 import torch
 import yaml
+from transformers import PreTrainedTokenizerBase
 from trl import ModelConfig, TrlParser
+
+from .modeling import load_tokenizer
 
 
 @dataclass
@@ -87,6 +90,13 @@ class Recipe:
                 f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}"
             )
         self.config = config
+
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The stage model's tokenizer (pad token, chat template: see `modeling.load_tokenizer`)."""
+        cfg = self.config
+        return load_tokenizer(
+            cfg.model_name_or_path, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
+        )
 
     # ---------------------------------------------------------------- construction
     @classmethod

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from .evaluation import compare_policies, gold_prompts, sample  # noqa: E402
 from .modeling import load_tokenizer  # noqa: E402
-from .reward.model import load_reward_model  # noqa: E402
+from .reward.model import load_reward_model, normalize  # noqa: E402
 from .reward.model import score as rm_score  # noqa: E402
 from .reward.trainer import ranking_metrics  # noqa: E402
 from .tiny.task import DEFAULT_TASK, SimulatedLabeller  # noqa: E402
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _policy_dirs(run_dir: Path) -> dict[str, Path]:
-    rounds = sorted(run_dir.glob("round_*/ppo/merged"), key=lambda p: int(p.parent.parent.name.split("_")[1]))
-    return {f"ppo_round_{p.parent.parent.name.split('_')[1]}": p for p in rounds}
+def _policy_dirs(run_dir: Path, rounds: int) -> dict[str, Path]:
+    """This run's PPO policies, from its config (a folder left by an earlier, longer run is not one of them)."""
+    return {f"ppo_round_{r}": run_dir / f"round_{r}" / "ppo" / "merged" for r in range(1, rounds + 1)}
 
 
 def evaluate_run(pipeline: RLHFPipeline, sft_model: str) -> dict[str, Any]:
@@ -40,20 +40,20 @@ def evaluate_run(pipeline: RLHFPipeline, sft_model: str) -> dict[str, Any]:
     tokenizer = load_tokenizer(sft_model)
     sft = AutoModelForCausalLM.from_pretrained(sft_model).eval()
     policies = {"sft": sft} | {
-        n: AutoModelForCausalLM.from_pretrained(p).eval() for n, p in _policy_dirs(run).items()
+        n: AutoModelForCausalLM.from_pretrained(p).eval() for n, p in _policy_dirs(run, cfg.rounds).items()
     }
     last = list(policies)[-1]
-    rm_dir = sorted(run.glob("round_*/reward"), key=lambda p: int(p.parent.name.split("_")[1]))[-1]
-    reward = load_reward_model(rm_dir)
+    reward = load_reward_model(run / f"round_{cfg.rounds}" / "reward")
     prompts = gold_prompts(cfg.eval_prompts)
     kwargs = dict(temperature=cfg.sample_temperature, max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed)
     table = compare_policies(policies, sft, tokenizer, reward, prompts, **kwargs)
     rm_accuracy = gold_pair_accuracy(sft, tokenizer, reward, prompts, cfg)
 
     ppo_dir = run / f"round_{cfg.rounds}" / "ppo"
+    start = table[list(policies)[-2]]  # the last round started from the policy before it (SFT in round 1)
     curve = (
-        overoptimisation_curve(ppo_dir, sft_model, tokenizer, reward, prompts, kwargs)
-        if (cfg.eval_every_checkpoint)
+        overoptimisation_curve(ppo_dir, sft_model, tokenizer, reward, prompts, kwargs, start)
+        if cfg.eval_every_checkpoint
         else []
     )
     plot_overoptimisation(curve, out / "overoptimisation.png")
@@ -96,25 +96,26 @@ def gold_pair_accuracy(model, tokenizer, reward, prompts, cfg) -> float:
     return ranking_metrics(rm_model, rm_tokenizer, rows)["pairwise_accuracy"]
 
 
-def overoptimisation_curve(ppo_dir: Path, sft_model: str, tokenizer, reward, prompts, kwargs) -> list[dict]:
+def overoptimisation_curve(
+    ppo_dir: Path, sft_model: str, tokenizer, reward, prompts, kwargs, start: dict[str, float]
+) -> list[dict]:
     """Gold and proxy (RM) score of the policy at every PPO checkpoint: the proxy may keep rising after gold
-    stops (Goodhart); the gap is what the KL penalty is for."""
+    stops (Goodhart); the gap is what the KL penalty is for. Update 0 is `start`, the starting policy's row of
+    `compare_policies` (same prompts, same sampling)."""
     rm_model, rm_tokenizer, stats = reward
     checkpoints = sorted(ppo_dir.glob("checkpoint-*/policy"), key=lambda p: int(p.parent.name.split("-")[1]))
-    points = [(0, None), *[(int(p.parent.name.split("-")[1]), p) for p in checkpoints]]
-    curve = []
-    for step, adapter in points:
+    curve = [{"update": 0, "gold_score": start["gold_score"], "rm_score": start["rm_score"]}]
+    for adapter in checkpoints:  # LoRA adapters on the SFT model, the reference of every round
         model = AutoModelForCausalLM.from_pretrained(sft_model)
-        if adapter is not None:
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         s = sample(model.eval(), tokenizer, prompts, **kwargs)
         raw = rm_score(rm_model, rm_tokenizer, s.prompts, s.texts)
         curve.append(
             {
-                "update": step,
+                "update": int(adapter.parent.name.split("-")[1]),
                 "gold_score": sum(DEFAULT_TASK.score(p, a) for p, a in zip(s.prompts, s.texts, strict=True))
                 / len(s.texts),
-                "rm_score": sum((r - stats["mean"]) / max(stats["std"], 1e-8) for r in raw) / len(raw),
+                "rm_score": sum(normalize(r, stats) for r in raw) / len(raw),
             }
         )
     return curve

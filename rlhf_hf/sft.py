@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from transformers import set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from .data import train_eval_splits, validate_sft_dataset
-from .modeling import load_causal_lm, load_tokenizer, lora_config, resolve_model_path, zero3_init_disabled
+from .modeling import load_causal_lm, lora_config, resolve_model_path, zero3_init_disabled
 from .recipe import Recipe, RecipeArgs, RecipeResult
 from .tiny.model import TINY_MODEL_ID
 
@@ -63,9 +64,7 @@ class SFTRecipe(Recipe):
         cfg: SFTRecipeConfig = self.config
         start = time.time()
         # ---- 1. everything that can fail cheaply, before a model is loaded or a file written
-        tokenizer = load_tokenizer(
-            cfg.model_name_or_path, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
-        )
+        tokenizer = self.load_tokenizer()
         train, evaluation = train_eval_splits(
             cfg.dataset_name,
             cfg.dataset_config,
@@ -117,22 +116,24 @@ class SFTRecipe(Recipe):
             metrics["eval_loss_before"] = next(
                 h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h
             )
-        if evaluation is not None:
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
 
         # ---- 3. save: adapter (or full model) + tokenizer, then the merged model for the next stages
-        trainer.save_model(str(output_dir))  # main process only, gathers ZeRO-3 shards
+        trainer.save_model(str(output_dir))  # every process (it gathers ZeRO-3 shards), the main one writes
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(output_dir)
+            gold_task = bool(
+                cfg.dataset_name
+                and cfg.dataset_name.startswith("rlhf-hf/tiny-sort")
+                and cfg.eval_gold_prompts
+            )
             policy = trainer.model
             if cfg.use_peft and cfg.merge:
                 policy = merge_adapter(cfg, output_dir, output_dir / "merged")
                 tokenizer.save_pretrained(output_dir / "merged")
-            if (
-                cfg.dataset_name
-                and cfg.dataset_name.startswith("rlhf-hf/tiny-sort")
-                and cfg.eval_gold_prompts
-            ):
+            elif gold_task and is_deepspeed_zero3_enabled():  # the trained weights are shards: a whole copy
+                policy = load_whole(cfg, output_dir) if cfg.use_peft else load_whole(cfg, path=output_dir)
+            if gold_task:
                 from .evaluation import gold_eval
 
                 with zero3_init_disabled():  # else generate() under ZeRO-3 waits for the other processes
@@ -154,8 +155,11 @@ def merge_adapter(cfg: ModelConfig, adapter_dir: Path, merged_dir: Path) -> torc
     return merged
 
 
-def load_whole(cfg: ModelConfig, adapter_dir: Path | None = None) -> torch.nn.Module:
-    """The config's model, unquantised, with `adapter_dir` merged in: whole weights on this process alone.
+def load_whole(
+    cfg: ModelConfig, adapter_dir: Path | None = None, path: str | Path | None = None
+) -> torch.nn.Module:
+    """The config's model (or the one at `path`), unquantised, with `adapter_dir` merged in: whole weights on this
+    process alone.
 
     For work on the main process only (merging, gold evaluation): under ZeRO-3 a model loaded the usual way
     would be a set of empty shards that only all processes together can run.
@@ -166,8 +170,8 @@ def load_whole(cfg: ModelConfig, adapter_dir: Path | None = None) -> torch.nn.Mo
 
     with zero3_init_disabled():
         model = AutoModelForCausalLM.from_pretrained(
-            resolve_model_path(cfg.model_name_or_path),
-            revision=cfg.model_revision,
+            str(path) if path else resolve_model_path(cfg.model_name_or_path),
+            revision=None if path else cfg.model_revision,
             dtype=resolve_dtype(cfg.dtype),
             trust_remote_code=getattr(cfg, "trust_remote_code", False),
         )

@@ -104,8 +104,18 @@ def test_pairs_from_ranks_and_loss_pairs_agree() -> None:
     assert pairs_from_ranks(torch.tensor([2, 1, 3])) == [(0, 2), (1, 0), (1, 2)]
     assert pairs_from_ranks([1, 1]) == []
     ranks = torch.randint(1, 4, (6,), generator=torch.Generator().manual_seed(0))
-    winner, loser = _pair_indices(torch.zeros(6, dtype=torch.long), ranks)
+    winner, loser = _pair_indices(torch.zeros(6, dtype=torch.long), torch.tensor([6]), ranks)
     assert list(zip(winner.tolist(), loser.tolist(), strict=True)) == pairs_from_ranks(ranks)
+    # prompts of K = 3, 2, 4 side by side: pairs stay inside each prompt, offset to its rows
+    sizes, ranks = torch.tensor([3, 2, 4]), torch.tensor([2, 1, 3, 1, 1, 4, 1, 2, 2])
+    group = torch.repeat_interleave(torch.arange(3), sizes)
+    winner, loser = _pair_indices(group, sizes, ranks)
+    expected = [
+        (w + o, lo + o)
+        for o, r in ((0, ranks[:3]), (3, ranks[3:5]), (5, ranks[5:]))
+        for w, lo in pairs_from_ranks(r)
+    ]
+    assert list(zip(winner.tolist(), loser.tolist(), strict=True)) == expected
 
 
 # --- to_ranked ------------------------------------------------------------------------------------

@@ -78,7 +78,11 @@ def test_noisy_labeller_is_seeded_and_mostly_right():
     assert 0.8 < sum(top) / len(top) < 0.99
 
 
-def test_pretrained_base_is_cached_and_has_learned_the_corpus(tiny_base):
+def test_pretrained_base_is_cached_and_has_learned_the_corpus(tiny_base, monkeypatch):
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("the cached base was trained again")
+
+    monkeypatch.setattr("rlhf_hf.tiny.model.pretrain_tiny_base", no_pretraining)
     assert get_tiny_base() == tiny_base  # second call hits the cache
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
     tok = AutoTokenizer.from_pretrained(tiny_base)

@@ -233,6 +233,9 @@ class PPORecipeConfig(RecipeArgs, TrainingArguments, ModelConfig):
             raise ValueError("activation checkpointing needs `critic: head` or `critic: model`")
         if self.merge_adapter_for_generation and (self.load_in_4bit or self.load_in_8bit):
             raise ValueError("merge_adapter_for_generation needs an unquantized base")
+        if self.merge_adapter_for_generation and self.use_dora:
+            # the merge adds the plain LoRA delta B @ A; DoRA's magnitude vector would be left out
+            raise ValueError("merge_adapter_for_generation does not support use_dora")
         if self.merge_adapter_for_generation and not self.ds3_gather_for_generation:
             raise ValueError(
                 "merge_adapter_for_generation needs whole weights: keep ds3_gather_for_generation"

@@ -16,7 +16,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from ..data import load_split
-from ..modeling import load_tokenizer, zero3_init_disabled
+from ..modeling import zero3_init_disabled
 from ..recipe import Recipe, RecipeResult
 from ..sft import load_whole, merge_adapter
 from .config import PPORecipeConfig
@@ -70,9 +70,7 @@ class PPORecipe(Recipe):
         cfg: PPORecipeConfig = self.config
         start = time.time()
         # ---- 1. everything that can fail cheaply, before a model is loaded or a file written
-        tokenizer = load_tokenizer(
-            cfg.model_name_or_path, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
-        )
+        tokenizer = self.load_tokenizer()
         prompts = load_split(cfg.dataset_name, cfg.dataset_train_split, cfg.dataset_config)
         if prompts is None:
             raise ValueError(f"Dataset {cfg.dataset_name!r} has no split {cfg.dataset_train_split!r}")

@@ -15,7 +15,6 @@ values); `critic: model` trains a separate AutoModelForSequenceClassification in
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from ..modeling import (
     resolve_model_path,
     zero3_init_disabled,
 )
+from ..reward.model import IDENTITY_STATS, normalize, read_stats
 from .config import PPORecipeConfig
 
 logger = logging.getLogger(__name__)
@@ -100,8 +100,7 @@ class PPOModel(nn.Module):
         self.reward_stats = reward_stats
         # The critic starts as the RM, whose outputs are raw scores; PPO's returns are built from normalised
         # scores, so values are mapped the same way (a fixed affine map, not a parameter).
-        stats = reward_stats if normalize_values and reward_stats else {"mean": 0.0, "std": 1.0}
-        self.value_shift, self.value_scale = float(stats["mean"]), max(float(stats["std"]), 1e-8)
+        self.value_stats = reward_stats if normalize_values and reward_stats else IDENTITY_STATS
         self.lora_layers = [m for m in lm.modules() if isinstance(m, BaseTunerLayer)]
         if getattr(lm.get_base_model(), "hf_device_map", None) is not None:
             self.hf_device_map = lm.get_base_model().hf_device_map  # k-bit: Trainer must not move it
@@ -207,7 +206,7 @@ class PPOModel(nn.Module):
         return self._values(self.value_head, hidden[:, -answer_width - 1 : -1])
 
     def _values(self, head: nn.Linear, hidden: Tensor) -> Tensor:
-        return (apply_head(head, hidden) - self.value_shift) / self.value_scale
+        return normalize(apply_head(head, hidden), self.value_stats)
 
     def scores(self, input_ids: Tensor, attention_mask: Tensor, last_index: Tensor) -> Tensor:
         """Reward-model score read at `last_index`, the last real token of each answer (never a pad position)."""
@@ -308,11 +307,6 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).exists()
 
 
-def read_reward_stats(reward_model_path: str | Path) -> dict | None:
-    path = Path(reward_model_path) / "reward_stats.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _reward_adapter(lm: PeftModel, reward_dir: Path) -> tuple[LoraConfig, Tensor]:
     """Load a SEQ_CLS LoRA adapter onto the causal LM as adapter `reward`; return its config and score weight.
 
@@ -345,6 +339,16 @@ def _classifier(cfg: PPORecipeConfig, path: str, pad_token_id: int, **extra) -> 
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
     model.config.pad_token_id = pad_token_id
     return model
+
+
+def _whole(weight: nn.Parameter) -> Tensor:
+    """A copy of the whole tensor, also when DeepSpeed ZeRO-3 loaded it as an empty shard (`zero3_init_flag`)."""
+    if not hasattr(weight, "ds_id"):
+        return weight.detach().clone()
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight]):
+        return weight.detach().clone()
 
 
 def _disable_dropout(module: nn.Module) -> None:
@@ -382,7 +386,7 @@ def build_ppo_model(cfg: PPORecipeConfig, pad_token_id: int) -> PPOModel:
     else:
         reward_model = _classifier(cfg, str(reward_dir), pad_token_id)
         reward_model.requires_grad_(False)
-        score = reward_model.score.weight
+        score = _whole(reward_model.score.weight)
         if cfg.critic == "adapter":
             lm.add_adapter(VALUE, lora_config(cfg))
     if cfg.critic in ("adapter", "head"):
@@ -401,7 +405,7 @@ def build_ppo_model(cfg: PPORecipeConfig, pad_token_id: int) -> PPOModel:
         reward_head=heads[1],
         reward_model=reward_model,
         value_model=value_model,
-        reward_stats=read_reward_stats(reward_dir),
+        reward_stats=read_stats(reward_dir, missing=None),  # the recipe warns when normalising without
         normalize_values=cfg.normalize_reward,
     )
 

@@ -32,6 +32,7 @@ from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
 
 from ..generation import answer_lengths, as_messages, encode_prompts
+from ..reward.model import normalize
 from . import core
 from .config import PPORecipeConfig
 from .roles import PPOModel
@@ -347,7 +348,7 @@ class PPOTrainer(Trainer):
         args, stats = self.args, self.roles.reward_stats
         scores = raw
         if args.normalize_reward and stats is not None:
-            scores = (scores - stats["mean"]) / max(stats["std"], 1e-8)
+            scores = normalize(scores, stats)
         if args.reward_clip is not None:
             scores = scores.clamp(-args.reward_clip, args.reward_clip)
         if args.missing_eos_penalty is not None:
@@ -569,6 +570,7 @@ class PPOTrainer(Trainer):
             self._load_from_checkpoint(checkpoint)
         self._load_optimizer_and_scheduler(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_FILE))
+        self._load_callback_state()  # stateful callbacks (e.g. early stopping), as Trainer's resume does
         self.state.compute_steps(self.args, self.max_updates)
         self.state.init_training_references(self, self.max_updates, 1, None)
         extra = json.loads(Path(checkpoint, PPO_STATE_FILE).read_text())
@@ -602,15 +604,20 @@ class PPOTrainer(Trainer):
             torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """Trainer's checkpoint (model via `save_model`, optimizer, scheduler, RNG, state) + PPO's own state."""
-        super()._save_checkpoint(model, trial)
+        """PPO's own state, then Trainer's checkpoint (model via `save_model`, optimizer, scheduler, RNG, state).
+
+        PPO's file first: Trainer's save ends by rotating old checkpoints (and pushing, if asked), and a checkpoint
+        without it could not be resumed.
+        """
         if self.args.should_save:
             checkpoint = Path(
                 self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
+            checkpoint.mkdir(parents=True, exist_ok=True)
             extra = {
                 "kl_controller": self.kl_ctl.state_dict(),
                 "prompt_position": self.prompt_stream.position,
                 "ptx_position": self.ptx_stream.position if self.ptx_stream is not None else None,
             }
             (checkpoint / PPO_STATE_FILE).write_text(json.dumps(extra, indent=2))
+        super()._save_checkpoint(model, trial)

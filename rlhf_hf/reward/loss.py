@@ -2,7 +2,7 @@
 
 All K answers of a prompt are scored in one forward pass and every non-tied pair is built from those
 K rewards, instead of K*(K-1)/2 separate forwards: InstructGPT found that treating each pair as an
-independent example overfits, and it is K/2 times cheaper.
+independent example overfits, and it forwards K answers instead of K(K-1), (K-1) times cheaper.
 """
 
 from __future__ import annotations
@@ -16,16 +16,21 @@ from torch import Tensor
 __all__ = ["ranked_loss"]
 
 
-def _pair_indices(group: Tensor, ranks: Tensor) -> tuple[Tensor, Tensor]:
+def _pair_indices(group: Tensor, sizes: Tensor, ranks: Tensor) -> tuple[Tensor, Tensor]:
     """(winner, loser) flat indices of every pair in the same prompt with a strictly better rank.
 
-    A block-diagonal N x N mask keeps the construction vectorised; N is the number of answers in the
-    batch (hundreds), so the mask is small. Pairs come out ordered by winner then loser, the same
-    order as ``data.pairs_from_ranks``.
+    Each answer is compared with the K_max slots of its own prompt (an N x K_max mask, not N x N: whole
+    evaluation sets go through here too). Pairs come out ordered by winner then loser, the same order as
+    ``data.pairs_from_ranks``.
     """
-    better = (group[:, None] == group[None, :]) & (ranks[:, None] < ranks[None, :])
-    winner, loser = better.nonzero(as_tuple=True)
-    return winner, loser
+    starts = torch.cumsum(sizes, 0) - sizes
+    slot = torch.arange(int(sizes.max()), device=ranks.device)
+    other = starts[group][:, None] + slot[None, :]  # [N, K_max] flat index of each same-prompt slot
+    valid = slot[None, :] < sizes[group][:, None]
+    other = torch.where(valid, other, 0)
+    better = valid & (ranks[:, None] < ranks[other])
+    winner, position = better.nonzero(as_tuple=True)
+    return winner, other[winner, position]
 
 
 def ranked_loss(
@@ -63,7 +68,7 @@ def ranked_loss(
 
     scores = rewards.float()
     group = torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes)
-    winner, loser = _pair_indices(group, ranks.to(device).reshape(-1))
+    winner, loser = _pair_indices(group, sizes, ranks.to(device).reshape(-1))
     diff = scores[winner] - scores[loser]
     margin = torch.zeros_like(diff)
     if margins_scores is not None and margin_scale:

@@ -110,12 +110,19 @@ def write_stats(directory: str | Path, stats: dict[str, Any]) -> Path:
     return path
 
 
-def read_stats(directory: str | Path) -> dict[str, Any]:
+def read_stats(directory: str | Path, missing: dict | None = IDENTITY_STATS) -> dict[str, Any] | None:
+    """The RM's stored reward mean/std; `missing` (identity stats by default, with a warning) without them."""
     path = Path(directory) / STATS_FILE
     if not path.exists():
-        logger.warning("%s has no %s: rewards will not be normalised", directory, STATS_FILE)
-        return dict(IDENTITY_STATS)
+        if missing is not None:
+            logger.warning("%s has no %s: rewards will not be normalised", directory, STATS_FILE)
+        return dict(missing) if missing is not None else None
     return json.loads(path.read_text())
+
+
+def normalize(raw, stats: dict[str, float]):
+    """Raw reward(s) (float or tensor) on the scale where the RM's reference answers have mean 0 and std 1."""
+    return (raw - stats["mean"]) / max(stats["std"], 1e-8)
 
 
 def load_reward_model(

@@ -18,17 +18,14 @@ from typing import Any
 
 from datasets import Dataset
 from peft import TaskType
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, RewardConfig
 
 from ..data import train_eval_splits
 from ..evaluation import gold_prompts
 from ..modeling import (
     load_sequence_classifier,
-    load_tokenizer,
     lora_config,
-    resolve_dtype,
-    resolve_model_path,
 )
 from ..recipe import Recipe, RecipeArgs, RecipeResult
 from ..tiny.task import DEFAULT_TASK, SimulatedLabeller
@@ -108,9 +105,7 @@ class RewardRecipe(Recipe):
         if not cfg.overwrite_output_dir:
             self.check_output_dir()  # refuses a non-empty dir now, before minutes of sampling
         cfg.model_name_or_path = _absolute_if_local(cfg.model_name_or_path)  # recorded in the adapter config
-        tokenizer = load_tokenizer(
-            cfg.model_name_or_path, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
-        )
+        tokenizer = self.load_tokenizer()
         # ---- 1. data: ranked rows (sampled + labelled, or read), validated and tokenised before the RM loads
         train_rows, eval_rows, gold_rows, metrics = self._collect(tokenizer)
         train = self._prepare(train_rows, tokenizer, "train")
@@ -288,16 +283,9 @@ def _load_policy(cfg: RewardRecipeConfig) -> PreTrainedModel:
 
     Whole on every process, also under DeepSpeed ZeRO-3: it is used outside any DeepSpeed engine.
     """
-    from ..modeling import zero3_init_disabled
+    from ..sft import load_whole
 
-    with zero3_init_disabled():
-        model = AutoModelForCausalLM.from_pretrained(
-            resolve_model_path(cfg.model_name_or_path),
-            revision=cfg.model_revision,
-            dtype=resolve_dtype(cfg.dtype),
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    return model.to(cfg.device)
+    return load_whole(cfg).to(cfg.device)
 
 
 def _absolute_if_local(name_or_path: str) -> str:

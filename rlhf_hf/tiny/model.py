@@ -125,7 +125,7 @@ def _fingerprint() -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def pretrain_tiny_base(output_dir: str | Path, *, steps: int | None = None, seed: int | None = None) -> Path:
+def pretrain_tiny_base(output_dir: str | Path) -> Path:
     """Plain next-token training of the tiny Llama on the task corpus; saves model + tokenizer to `output_dir`.
 
     Uses `transformers.Trainer` so the run looks like any other HF pretraining job.
@@ -133,11 +133,7 @@ def pretrain_tiny_base(output_dir: str | Path, *, steps: int | None = None, seed
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    settings = {
-        **PRETRAIN_SETTINGS,
-        **({"steps": steps} if steps else {}),
-        **({"seed": seed} if seed else {}),
-    }
+    settings = PRETRAIN_SETTINGS  # part of the cache fingerprint: change them there, not per call
     tokenizer = build_tokenizer()
     model = build_tiny_model(tokenizer, seed=settings["seed"])
     lines = DEFAULT_TASK.corpus(settings["n_lines"], seed=settings["seed"])
@@ -178,9 +174,14 @@ def pretrain_tiny_base(output_dir: str | Path, *, steps: int | None = None, seed
     return output_dir
 
 
+def tiny_base_dir() -> Path:
+    """Where the tiny base with today's settings is (or will be) cached."""
+    return cache_dir() / f"tiny-base-{_fingerprint()}"
+
+
 def get_tiny_base(*, rebuild: bool = False) -> Path:
     """Path of the pretrained tiny base, trained once and cached (atomically: a crash leaves no half-written dir)."""
-    target = cache_dir() / f"tiny-base-{_fingerprint()}"
+    target = tiny_base_dir()
     if (target / "config.json").exists() and not rebuild:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

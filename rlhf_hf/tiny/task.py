@@ -144,8 +144,6 @@ class SimulatedLabeller:
     def rank(self, prompt: str | list[dict], responses: Sequence[str]) -> list[int]:
         """Ranks (1 = best, ties share a rank) for `responses` to `prompt`."""
         noisy = [round(self.task.score(prompt, r) + self._rng.gauss(0.0, self.noise), 6) for r in responses]
-        if self.noise == 0:
-            noisy = [round(self.task.score(prompt, r), 6) for r in responses]
         order = sorted(set(noisy), reverse=True)
         return [order.index(s) + 1 for s in noisy]
 
