@@ -105,15 +105,15 @@ def _pipeline(args: list[str]) -> int:
 
 def _eval(args: list[str]) -> int:
     from .pipeline import PipelineConfig, RLHFPipeline
-    from .report import evaluate_run, print_table
+    from .report import evaluate_run, headline, print_table
 
     parser = argparse.ArgumentParser("rlhf-hf eval")
     parser.add_argument("--run", required=True, help="a pipeline run dir (holds pipeline.yaml)")
     ns = parser.parse_args(args)
     pipeline = RLHFPipeline(PipelineConfig.from_yaml(f"{ns.run}/pipeline.yaml", run_dir=ns.run))
     summary = evaluate_run(pipeline, str((pipeline.run_dir / "sft" / "merged").resolve()))
-    print_table(summary["policies"])
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict | list)}, indent=2))
+    print_table(summary)
+    print("\n" + headline(summary))
     return 0
 
 

@@ -33,7 +33,8 @@ from .reward.collect import export_for_ranking, import_ranked
 from .reward.recipe import RewardRecipe
 from .reward.sampling import drop_empty_answers, rank_with, sample_answers
 from .sft import SFTRecipe
-from .tiny.task import DEFAULT_TASK, SimulatedLabeller
+from .tasks.base import Judge, Prompt, SimulatedLabeller
+from .tiny.task import DEFAULT_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +83,34 @@ class PausedForRanking(RuntimeError):
 class RLHFPipeline:
     """`RLHFPipeline.from_yaml("pipeline.yaml").run()`: every step of InstructGPT, resumable stage by stage."""
 
-    def __init__(self, config: PipelineConfig, labeller=None) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        labeller=None,
+        judge: Judge | None = None,
+        category: Callable[[Prompt], str] | None = None,
+    ) -> None:
+        """`judge`: a gold judge for the evaluation (`(prompt, answer) -> score in [0, 1]`); the embedded task's
+        when the prompts are the embedded task's, else none, and then no gold metrics are reported.
+        `category`: a prompt's category, to break the evaluation down by."""
         self.config = config
         self.run_dir = Path(config.run_dir)
+        embedded = config.prompts_dataset.startswith("rlhf-hf/tiny-sort")
+        self.judge = judge or (DEFAULT_TASK.score if embedded else None)
+        self.category = category
+        self.judge_name = None if self.judge is None else "tiny-sort" if judge is None else "user judge"
+        if config.labeller not in ("simulated", "human") and labeller is None:
+            raise ValueError(f"labeller must be 'simulated' or 'human', got {config.labeller!r}")
+        if config.labeller == "simulated" and labeller is None and self.judge is None:
+            raise ValueError(
+                f"labeller: simulated ranks answers with a gold judge, and prompts_dataset "
+                f"{config.prompts_dataset!r} has none: use labeller: human, or pass a labeller or a judge"
+            )
         self.labeller = labeller or (
-            SimulatedLabeller(DEFAULT_TASK, noise=config.labeller_noise, seed=config.seed)
+            SimulatedLabeller(self.judge, noise=config.labeller_noise, seed=config.seed)
             if config.labeller == "simulated"
             else None
         )
-        if config.labeller not in ("simulated", "human") and labeller is None:
-            raise ValueError(f"labeller must be 'simulated' or 'human', got {config.labeller!r}")
         self.timings: list[tuple[str, float, str]] = []
 
     @classmethod
@@ -187,6 +206,7 @@ class RLHFPipeline:
                 "model_name_or_path": sft_model,
                 "reward_model_path": str(rm_dir),
                 "output_dir": str(ppo_dir),
+                "dataset_name": cfg.ppo.get("dataset_name") or self._ppo_prompts(),
             }
             if policy_adapter:
                 fixed["init_policy_adapter"] = policy_adapter
@@ -200,11 +220,13 @@ class RLHFPipeline:
         eval_start = time.time()
         with self._stage_output("evaluation"):
             summary = evaluate_run(self, sft_model)
+        accuracy = summary.get("rm_gold_pair_accuracy")
         self.timings.append(
             (
                 "evaluation",
                 time.time() - eval_start,
-                f"win rate vs SFT {summary['win_rate_vs_sft']:.2f}, RM gold-pair acc. {summary['rm_accuracy']:.2f}",
+                f"{summary['prompts']} held-out prompts"
+                + ("" if accuracy is None else f", RM gold-pair acc. {accuracy:.2f}"),
             )
         )
         summary["seconds"] = time.time() - start
@@ -245,11 +267,48 @@ class RLHFPipeline:
         ranked_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
         return rows
 
+    def eval_prompts(self) -> list[Prompt]:
+        """Held-out prompts: the embedded task's evaluation prompts, else the prompts dataset's `test` split,
+        else the last `eval_prompts` rows of its `train` split (which ranking then never samples)."""
+        cfg = self.config
+        if cfg.prompts_dataset.startswith("rlhf-hf/tiny-sort"):
+            from .evaluation import gold_prompts
+
+            return gold_prompts(cfg.eval_prompts)
+        test = load_split(cfg.prompts_dataset, "test")
+        if test is not None:
+            return [_clean(p) for p in test["prompt"][: cfg.eval_prompts]]
+        return [_clean(p) for p in load_split(cfg.prompts_dataset, "train")["prompt"][-cfg.eval_prompts :]]
+
+    def ranking_prompts(self) -> list[Prompt]:
+        """Prompts to sample answers for ranking: the `train` split, less the held-out tail when there is no
+        `test` split (see `eval_prompts`)."""
+        cfg = self.config
+        prompts = [_clean(p) for p in load_split(cfg.prompts_dataset, "train")["prompt"]]
+        if cfg.prompts_dataset.startswith("rlhf-hf/tiny-sort") or load_split(cfg.prompts_dataset, "test"):
+            return prompts
+        if len(prompts) <= cfg.eval_prompts:
+            raise ValueError(
+                f"{cfg.prompts_dataset}: {len(prompts)} prompts and no 'test' split; evaluation holds out the "
+                f"last eval_prompts={cfg.eval_prompts}, which leaves none to rank: add a test split or lower "
+                "eval_prompts"
+            )
+        return prompts[: -cfg.eval_prompts]
+
+    def _ppo_prompts(self) -> str:
+        """PPO's prompts: the ranking prompts (the held-out ones never), as a file when they are a subset."""
+        cfg = self.config
+        if cfg.prompts_dataset.startswith("rlhf-hf/tiny-sort"):
+            return cfg.prompts_dataset
+        path = self.run_dir / "ppo_prompts.jsonl"
+        path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in self.ranking_prompts()))
+        return str(path)
+
     def _sample(self, policy_model: str, round_index: int) -> list[dict]:
         from .serve import load_for_inference
 
         cfg = self.config
-        prompts = load_split(cfg.prompts_dataset, "train")["prompt"]
+        prompts = self.ranking_prompts()
         n = cfg.rank_prompts
         offset = ((round_index - 1) * n) % max(1, len(prompts) - n)  # fresh prompts each round
         model, tokenizer = load_for_inference(policy_model)
@@ -267,17 +326,14 @@ class RLHFPipeline:
 
     # ------------------------------------------------------------------------------------------ output
     def print_summary(self, summary: dict[str, Any]) -> None:
-        from .report import print_table
+        from .report import headline, print_table
 
-        print_table(summary["policies"])
+        print_table(summary)
         print(f"\n{'stage':<28}{'seconds':>9}  key metric")
         for name, seconds, metric in self.timings:
             print(f"{name:<28}{seconds:>9.1f}  {metric}")
         print(f"{'total':<28}{summary['seconds']:>9.1f}")
-        print(
-            f"\ngold score: SFT {summary['gold_score_sft']:.2f} -> PPO {summary['gold_score_ppo']:.2f} "
-            f"(win rate vs SFT {summary['win_rate_vs_sft']:.2f}, KL {summary['kl']:.2f})"
-        )
+        print("\n" + headline(summary))
 
 
 def _headline(metrics: dict[str, Any]) -> str:
@@ -290,6 +346,13 @@ def _headline(metrics: dict[str, Any]) -> str:
         if key in metrics:
             return f"{label} {metrics[key]:.2f}"
     return ""
+
+
+def _clean(prompt: Prompt) -> Prompt:
+    """A prompt as loaded by `datasets`: message dicts lose the keys a shared schema filled with None."""
+    if isinstance(prompt, str):
+        return prompt
+    return [{k: v for k, v in m.items() if v is not None} for m in prompt]
 
 
 def _jsonable(value: Any) -> Any:
