@@ -160,6 +160,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--rm_only", action="store_true", help="only the RM's accuracy by kind of mistake")
+    parser.add_argument("--updates", type=int, nargs="*", default=None, help="0 = SFT; default: SFT + all")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     run = Path(args.run)
@@ -180,6 +182,8 @@ def main() -> None:
     report: dict = {"prompts": len(prompts), "temperature": temperature}
     report["rm_by_corruption"] = rm_accuracy_by_corruption(reward, prompts, seed=args.seed)
     print(json.dumps(report["rm_by_corruption"], indent=1), flush=True)
+    if args.rm_only:
+        return
 
     checkpoints = sorted(ppo_dir.glob("checkpoint-*/policy"), key=lambda p: int(p.parent.name.split("-")[1]))
     policies = [("sft", lambda: sft)] + [
@@ -193,6 +197,10 @@ def main() -> None:
         )
         for c in checkpoints
     ]
+    if args.updates is not None:
+        keep = {"sft" if u == 0 else f"ppo@{u}" for u in args.updates}
+        policies = [(n, load) for n, load in policies if n in keep]
+    sft_texts = sample(sft, tokenizer, prompts, temperature=0.0, max_new_tokens=max_new_tokens).texts
     rows = []
     for name, load in policies:
         row = evaluate(name, load(), sft, tokenizer, reward, prompts, temperature, max_new_tokens, args.seed)
@@ -206,9 +214,10 @@ def main() -> None:
             flush=True,
         )
     # greedy answers that changed from SFT's: who is better by gold, and does the RM agree?
-    sft_texts = rows[0].pop("_greedy_texts")
-    for row in rows[1:]:
+    for row in rows:
         texts = row.pop("_greedy_texts")
+        if row["policy"] == "sft":
+            continue
         changed = [i for i, (a, b) in enumerate(zip(sft_texts, texts, strict=True)) if a != b]
         gold_ppo = [TASK.score(prompts[i], texts[i]) for i in changed]
         gold_sft = [TASK.score(prompts[i], sft_texts[i]) for i in changed]
