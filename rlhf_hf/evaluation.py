@@ -1,4 +1,4 @@
-"""Evaluation of a policy on the embedded task with the programmatic gold judge."""
+"""Evaluation of a policy: on a task's held-out prompts with its gold judge, and policies compared side by side."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .generation import answer_lengths, encode_prompts, generate
-from .tiny.task import DEFAULT_TASK, SortTask
+from .tasks import Task
 
 # Held-out evaluation prompts: a seed no training split uses.
 GOLD_EVAL_SEED = 12345
 
 
-def gold_prompts(n: int, task: SortTask = DEFAULT_TASK) -> list[str]:
+def gold_prompts(n: int, task: Task) -> list:
     return task.prompts(n, seed=GOLD_EVAL_SEED)
 
 
@@ -25,7 +25,7 @@ def gold_eval(
     tokenizer: PreTrainedTokenizerBase,
     n_prompts: int = 200,
     *,
-    task: SortTask = DEFAULT_TASK,
+    task: Task,
     max_new_tokens: int = 16,
 ) -> dict[str, float]:
     """Greedy answers to held-out prompts, scored by the gold judge: mean score and exact-answer rate."""
@@ -114,7 +114,7 @@ def compare_policies(
     prompts: Sequence,
     *,
     baseline: str = "sft",
-    task: SortTask | None = DEFAULT_TASK,
+    task: Task | None = None,
     temperature: float = 1.0,
     max_new_tokens: int = 16,
     seed: int = 0,
