@@ -19,9 +19,11 @@ from typing import Any, ClassVar, Self
 
 import torch
 import yaml
+from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl import ModelConfig, TrlParser
 
+from .data import train_eval_splits
 from .evaluation import gold_eval
 from .modeling import load_tokenizer, zero3_init_disabled
 from .tasks import Task, get_task
@@ -172,6 +174,18 @@ class Recipe:
             self.write_metrics(output_dir, metrics)
         trainer.accelerator.wait_for_everyone()
         return RecipeResult(output_dir=str(output_dir), metrics=metrics)
+
+    def train_eval_splits(self) -> tuple[Dataset, Dataset | None]:
+        """The config's train and eval splits; `eval_fraction` of train is held out when there is no test split."""
+        cfg = self.config
+        return train_eval_splits(
+            cfg.dataset_name,
+            cfg.dataset_config,
+            cfg.dataset_train_split,
+            cfg.dataset_test_split,
+            cfg.eval_fraction,
+            cfg.seed,
+        )
 
     def prepare_data(self, tokenizer: PreTrainedTokenizerBase) -> tuple[Any, dict[str, Any]]:
         """The stage's data, loaded and validated (no model loaded yet), and the metrics it starts with."""

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from .data import train_eval_splits, validate_sft_dataset
+from .data import validate_sft_dataset
 from .modeling import load_causal_lm, load_unsharded, lora_config, merge_adapter
 from .recipe import Recipe, RecipeArgs
 from .tasks import TINY_MODEL_ID
@@ -60,14 +60,7 @@ class SFTRecipe(Recipe):
 
     def prepare_data(self, tokenizer: PreTrainedTokenizerBase) -> tuple[tuple[Dataset, Dataset | None], dict]:
         cfg: SFTRecipeConfig = self.config
-        train, evaluation = train_eval_splits(
-            cfg.dataset_name,
-            cfg.dataset_config,
-            cfg.dataset_train_split,
-            cfg.dataset_test_split,
-            cfg.eval_fraction,
-            cfg.seed,
-        )
+        train, evaluation = self.train_eval_splits()
         train, report = validate_sft_dataset(
             train, tokenizer, max_length=cfg.max_length, drop_long_rows=cfg.drop_long_rows, where="train"
         )

@@ -21,7 +21,6 @@ from peft import TaskType
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, RewardConfig
 
-from ..data import train_eval_splits
 from ..evaluation import gold_prompts
 from ..modeling import (
     load_sequence_classifier,
@@ -185,14 +184,7 @@ class RewardRecipe(Recipe):
     ) -> tuple[list[dict], list[dict] | None, list[dict], dict[str, Any]]:
         """(train rows, eval rows, gold-ranked rows, metrics): read from the dataset or sampled and labelled."""
         cfg: RewardRecipeConfig = self.config
-        train, evaluation = train_eval_splits(
-            cfg.dataset_name,
-            cfg.dataset_config,
-            cfg.dataset_train_split,
-            cfg.dataset_test_split,
-            cfg.eval_fraction,
-            cfg.seed,
-        )
+        train, evaluation = self.train_eval_splits()
         if cfg.max_prompts is not None:
             train = train.select(range(min(cfg.max_prompts, len(train))))
         if cfg.labeller is None:
