@@ -85,7 +85,7 @@ class PPORecipe(Recipe):
         """One base, four roles; PPO on Trainer's machinery. The gold score before PPO is the SFT model's."""
         cfg: PPORecipeConfig = self.config
         prompts, ptx = data
-        model = build_ppo_model(cfg, tokenizer.pad_token_id)
+        self.model = model = build_ppo_model(cfg, tokenizer.pad_token_id)
         trainer = PPOTrainer(
             model=model, args=cfg, processing_class=tokenizer, train_dataset=prompts, ptx_dataset=ptx
         )
@@ -117,7 +117,7 @@ class PPORecipe(Recipe):
     ) -> None:
         """Log history, the merged policy, gold evaluation of the trained policy."""
         cfg: PPORecipeConfig = self.config
-        model: PPOModel = trainer.model  # the unwrapped model (Accelerate's wrapper is `model_wrapped`)
+        model: PPOModel = self.model
         (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
         policy = model.causal_lm
         if cfg.merge:
