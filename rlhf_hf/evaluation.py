@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .generation import answer_lengths, encode_prompts, generate
+from .generation import encode_prompts, generate, generate_answers
 from .tasks import Task
 
 # Held-out evaluation prompts: a seed no training split uses.
@@ -46,7 +46,6 @@ class Samples:
     has_eos: list[bool]
 
 
-@torch.no_grad()
 def sample(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -59,28 +58,17 @@ def sample(
 ) -> Samples:
     """Answers sampled as PPO samples them (temperature, top_k=0), seeded for comparable evaluations."""
     torch.manual_seed(seed)
+    answers = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        batch_size=batch_size,
+    )
     model.eval()
-    device = next(model.parameters()).device
-    texts, ids, eos = [], [], []
-    for start in range(0, len(prompts), batch_size):
-        batch = encode_prompts(tokenizer, prompts[start : start + batch_size]).to(device)
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        answers = out[:, batch["input_ids"].shape[1] :]
-        lengths, has_eos = answer_lengths(answers, tokenizer.eos_token_id)
-        for row, n, e in zip(answers.tolist(), lengths.tolist(), has_eos.tolist(), strict=True):
-            ids.append(row[:n])
-            eos.append(e)
-            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
-    return Samples(list(prompts), texts, ids, eos)
+    return Samples(list(prompts), answers.texts, answers.ids, answers.has_eos)
 
 
 @torch.no_grad()
