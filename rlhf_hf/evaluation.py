@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .generation import answer_lengths, encode_prompts, generate
+from .generation import decode_answers, encode_prompts, generate, generate_ids, sampling_config
 from .tiny.task import DEFAULT_TASK, SortTask
 
 # Held-out evaluation prompts: a seed no training split uses.
@@ -61,25 +61,18 @@ def sample(
     torch.manual_seed(seed)
     model.eval()
     device = next(model.parameters()).device
+    config = sampling_config(
+        tokenizer, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature
+    )
     texts, ids, eos = [], [], []
     for start in range(0, len(prompts), batch_size):
         batch = encode_prompts(tokenizer, prompts[start : start + batch_size]).to(device)
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        out = generate_ids(model, batch["input_ids"], batch["attention_mask"], config)
         answers = out[:, batch["input_ids"].shape[1] :]
-        lengths, has_eos = answer_lengths(answers, tokenizer.eos_token_id)
-        for row, n, e in zip(answers.tolist(), lengths.tolist(), has_eos.tolist(), strict=True):
-            ids.append(row[:n])
-            eos.append(e)
-            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+        batch_texts, lengths, has_eos = decode_answers(tokenizer, answers)
+        texts += batch_texts
+        ids += [row[:n] for row, n in zip(answers.tolist(), lengths.tolist(), strict=True)]
+        eos += has_eos.tolist()
     return Samples(list(prompts), texts, ids, eos)
 
 

@@ -238,15 +238,12 @@ class RewardRecipe(Recipe):
         self, tokenizer: PreTrainedTokenizerBase, train: PreparedRanked, evaluation: PreparedRanked | None
     ) -> RankedRewardTrainer:
         cfg: RewardRecipeConfig = self.config
-        from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-        with suppress_seqcls_warning():  # the SFT checkpoint has no `score` head yet: expected
-            model = load_sequence_classifier(
-                cfg,
-                pad_token_id=tokenizer.pad_token_id,
-                trust_remote_code=cfg.trust_remote_code,
-                gradient_checkpointing=cfg.gradient_checkpointing,
-            )
+        model = load_sequence_classifier(
+            cfg,
+            pad_token_id=tokenizer.pad_token_id,
+            trust_remote_code=cfg.trust_remote_code,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+        )
         return RankedRewardTrainer(
             model=model,
             args=cfg,
