@@ -107,11 +107,12 @@ def ppo_trainer(sft_dir: Path, rm_dir: Path, out: Path, tok, **overrides) -> PPO
             "disable_tqdm": True,
             "use_cpu": True,
             "seed": 0,
+            "critic": "head",  # values from the policy forward's hidden states: that path is checked below
         }
         | overrides
     )
     roles = build_ppo_model(cfg, tok.pad_token_id)
-    randomise_lora(roles.lm, seed=2, adapters=("policy", "value"))  # policy != reference, value != reward
+    randomise_lora(roles.lm, seed=2, adapters=("policy",))  # the policy differs from the reference
     return PPOTrainer(
         model=roles, args=cfg, processing_class=tok, train_dataset=Dataset.from_dict({"prompt": ["x"]})
     )
@@ -251,7 +252,7 @@ def test_three_stages(arch, style, pad_is_eos, tmp_path):
             dataset_name=jsonl(tmp_path / "sft.jsonl", sft_rows),
             output_dir=str(tmp_path / "sft"),
             per_device_train_batch_size=3,
-            max_length=64,
+            max_length=160,
             **COMMON,
         )
     ).run()
@@ -264,7 +265,7 @@ def test_three_stages(arch, style, pad_is_eos, tmp_path):
             dataset_name=jsonl(tmp_path / "ranked.jsonl", ranked),
             output_dir=str(tmp_path / "rm"),
             per_device_train_batch_size=2,
-            max_length=64,
+            max_length=160,
             **COMMON,
         )
     ).run()
@@ -278,7 +279,7 @@ def test_three_stages(arch, style, pad_is_eos, tmp_path):
             per_device_train_batch_size=4,
             num_mini_batches=1,
             max_new_tokens=6,
-            max_prompt_length=64,
+            max_prompt_length=128,
             sample_every=1,
             num_samples=4,
             merge=False,
