@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import torch
@@ -135,15 +136,20 @@ def sequence_classifier_class(config: PretrainedConfig) -> type[PreTrainedModel]
     causal LMs without one (Granite, Cohere, ...), the same generic classifier (backbone + `score` head, pooling the
     last non-pad token) built on the architecture's own pretrained-model class.
     """
+    return _classifier_class(type(config))
+
+
+@cache
+def _classifier_class(config_class: type[PretrainedConfig]) -> type[PreTrainedModel]:
     try:
-        return AutoModelForSequenceClassification._model_mapping[type(config)]
+        return AutoModelForSequenceClassification._model_mapping[config_class]
     except KeyError:
         pass
     try:
-        causal_lm = AutoModelForCausalLM._model_mapping[type(config)]
+        causal_lm = AutoModelForCausalLM._model_mapping[config_class]
     except KeyError:
         raise ValueError(
-            f"{config.model_type}: neither a sequence classifier nor a causal LM in transformers; "
+            f"{config_class.model_type}: neither a sequence classifier nor a causal LM in transformers; "
             "a reward model needs one of them"
         ) from None
     base = next(b for b in causal_lm.__mro__[1:] if issubclass(b, PreTrainedModel))

@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from arch_fixtures import ARCHITECTURES, TEMPLATES, save_model, tokenizer
+from arch_fixtures import ARCHITECTURES, SHIPPED_SAMPLING_DEFAULTS, TEMPLATES, save_model, tokenizer
 from datasets import Dataset
 from peft import get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig
 from trl import ModelConfig
 
+from rlhf_hf.generation import own_sampling_defaults, sampling_config
 from rlhf_hf.modeling import load_sequence_classifier, lora_config
 from rlhf_hf.ppo import core
 from rlhf_hf.ppo.config import PPORecipeConfig
@@ -200,6 +203,23 @@ def test_ppo_reads_what_the_model_and_the_reward_model_compute(
     assert rollout.has_eos.all()
     expected = torch.tensor(score(reward_model, tok, PROMPTS, FINISHED))
     torch.testing.assert_close(rollout.raw_scores, expected, atol=ATOL, rtol=0)
+
+
+def test_sampling_sets_the_models_own_defaults_aside_and_says_so(caplog):
+    """Inside the one sampler the model's generation_config keeps only its token ids; the fields set aside are
+    named in a warning, and the model's own config is back afterwards (saving the model keeps it)."""
+    tok = tokenizer("chatml", False)
+    shipped = GenerationConfig(eos_token_id=tok.eos_token_id, **SHIPPED_SAMPLING_DEFAULTS)
+    model = SimpleNamespace(generation_config=shipped)
+    config = sampling_config(tok, max_new_tokens=4, do_sample=True, temperature=TEMPERATURE)
+    with caplog.at_level(logging.WARNING, logger="rlhf_hf.generation"), own_sampling_defaults(model, config):
+        inside = model.generation_config.to_dict()
+    assert inside["eos_token_id"] == tok.eos_token_id
+    assert all(inside[k] is None for k in SHIPPED_SAMPLING_DEFAULTS)
+    assert model.generation_config is shipped
+    for field in ("repetition_penalty", "no_repeat_ngram_size", "min_p", "top_k"):
+        assert field in caplog.text
+    assert config.top_k == 0 and config.top_p == 1.0 and config.temperature == TEMPERATURE
 
 
 # ------------------------------------------------------------------------------------------ the three stages

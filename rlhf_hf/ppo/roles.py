@@ -112,7 +112,8 @@ class PPOModel(nn.Module):
 
     `forward` is the training pass (policy logits on the answer + values, and the PPO-ptx LM loss); the other
     methods are the no-grad rollout passes. Sequences are `[left-padded prompt | answer of width T]`; the logits
-    and values for answer token t come from position P - 1 + t, i.e. `hidden[:, -T - 1 : -1]`.
+    and values for answer token t come from position P - 1 + t, i.e. `hidden[:, -T - 1 : -1]`. The reward reads
+    the conversation as the RM stage does (`reward.model.conversation_batch`, right-padded, `pooled_index`).
     """
 
     def __init__(
