@@ -88,12 +88,12 @@ def answer_logits(
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
             use_cache=False,
-            logits_to_keep=torch.arange(keep.start, keep.stop, device=input_ids.device),
+            logits_to_keep=width + 1,  # an int: the form every causal LM's forward takes (one spare position)
         )
     finally:
         if hook is not None:
             hook.remove()
-    return out.logits, captured[0] if with_hidden else None
+    return out.logits[:, :-1], captured[0] if with_hidden else None
 
 
 def scalar_head(weight: Tensor) -> nn.Linear:
