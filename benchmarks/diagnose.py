@@ -41,9 +41,10 @@ from rlhf_hf.evaluation import (  # noqa: E402
 )
 from rlhf_hf.modeling import load_tokenizer  # noqa: E402
 from rlhf_hf.reward.model import load_reward_model  # noqa: E402
-from rlhf_hf.tiny.task import DEFAULT_TASK, DIGITS  # noqa: E402
+from rlhf_hf.tasks import get_task  # noqa: E402
+from rlhf_hf.tasks.tiny_sort import DIGITS  # noqa: E402
 
-TASK = DEFAULT_TASK
+TASK = get_task("tiny-sort")
 COUNTING_KINDS = ("drop", "duplicate", "replace")
 
 
@@ -177,7 +178,7 @@ def main() -> None:
     tokenizer = load_tokenizer(str(sft_dir))
     sft = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
     reward = load_reward_model(run / f"round_{args.round}" / "reward")
-    prompts = gold_prompts(args.prompts)
+    prompts = gold_prompts(args.prompts, TASK)
 
     report: dict = {"prompts": len(prompts), "temperature": temperature}
     report["rm_by_corruption"] = rm_accuracy_by_corruption(reward, prompts, seed=args.seed)

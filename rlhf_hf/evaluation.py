@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .generation import Prompt, answer_lengths, encode_prompts, generate
-from .tasks.base import Judge
-from .tiny.task import DEFAULT_TASK, SortTask
+from .generation import Prompt, encode_prompts, generate, generate_answers
+from .tasks.base import Judge, Task
 
 # Held-out evaluation prompts: a seed no training split uses.
 GOLD_EVAL_SEED = 12345
@@ -28,7 +27,7 @@ SAMPLED = "sampled"
 METRICS = ("gold_score", "exact", "win_rate_gold", "rm_score", "win_rate_rm", "kl", "length", "eos_rate")
 
 
-def gold_prompts(n: int, task: SortTask = DEFAULT_TASK) -> list[str]:
+def gold_prompts(n: int, task: Task) -> list:
     return task.prompts(n, seed=GOLD_EVAL_SEED)
 
 
@@ -37,7 +36,7 @@ def gold_eval(
     tokenizer: PreTrainedTokenizerBase,
     n_prompts: int = 200,
     *,
-    task: SortTask = DEFAULT_TASK,
+    task: Task,
     max_new_tokens: int = 16,
 ) -> dict[str, float]:
     """Greedy answers to held-out prompts, scored by the gold judge: mean score and exact-answer rate."""
@@ -79,32 +78,17 @@ def sample(
 ) -> Samples:
     """Answers as PPO samples them (temperature, top_k=0, top_p=1), seeded; `temperature=0` is greedy."""
     torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    settings = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        if temperature > 0
-        else {"do_sample": False}
+    answers = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else 1.0,
+        batch_size=batch_size,
     )
-    texts, ids, eos = [], [], []
-    for start in range(0, len(prompts), batch_size):
-        batch = encode_prompts(tokenizer, prompts[start : start + batch_size]).to(device)
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **settings,
-        )
-        answers = out[:, batch["input_ids"].shape[1] :]
-        lengths, has_eos = answer_lengths(answers, tokenizer.eos_token_id)
-        for row, n, e in zip(answers.tolist(), lengths.tolist(), has_eos.tolist(), strict=True):
-            ids.append(row[:n])
-            eos.append(e)
-            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
-    model.train(was_training)
-    return Samples(list(prompts), texts, ids, eos)
+    model.eval()
+    return Samples(list(prompts), answers.texts, answers.ids, answers.has_eos)
 
 
 @torch.no_grad()

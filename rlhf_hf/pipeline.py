@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,53 +27,20 @@ import yaml
 from transformers.utils import logging as hf_logging
 
 from .data import load_split
+from .modeling import load_for_inference
+from .pipeline_config import PipelineConfig
 from .ppo import PPORecipe
 from .recipe import Recipe, RecipeResult
+from .report import evaluate_run, print_table, ranking_prompts
+from .report import headline as report_headline
 from .reward.collect import export_for_ranking, import_ranked
 from .reward.recipe import RewardRecipe
 from .reward.sampling import drop_empty_answers, rank_with, sample_answers
 from .sft import SFTRecipe
-from .tasks.base import Judge, Prompt, SimulatedLabeller
-from .tiny.task import DEFAULT_TASK
+from .tasks import get_task
+from .tasks.base import Judge, Prompt
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PipelineConfig:
-    """Top-level keys of a pipeline YAML; `sft`, `reward` and `ppo` hold each stage's config (a `config:` path to a
-    stage YAML and/or its keys), with `model_name_or_path`, data and output paths filled in by the pipeline."""
-
-    run_dir: str = "runs/pipeline"
-    seed: int = 0
-    rounds: int = 1
-    labeller: str = (
-        "simulated"  # "simulated" (the embedded task's judge + noise) or "human" (JSONL round trip)
-    )
-    labeller_noise: float = 0.05
-    prompts_dataset: str = "rlhf-hf/tiny-sort-prompts"
-    rank_prompts: int = 600  # prompts per round whose K sampled answers get ranked
-    sample_k: int = 4
-    sample_temperature: float = 1.0
-    sample_max_new_tokens: int = 16
-    eval_prompts: int = 200
-    eval_every_checkpoint: bool = True  # gold vs RM score at every PPO checkpoint (over-optimisation curve)
-    force: bool = False
-    quiet: bool = False  # stage output to run_dir/logs/*.log; the console shows one line per stage
-    sft: dict[str, Any] = field(default_factory=dict)
-    reward: dict[str, Any] = field(default_factory=dict)
-    ppo: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        values.update(overrides)
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := sorted(set(values) - known):
-            raise ValueError(f"pipeline config {path}: unknown key(s) {unknown}")
-        config = cls(**values)
-        config.base_dir = Path(path).resolve().parent  # stage `config:` paths are relative to this file
-        return config
 
 
 class PausedForRanking(RuntimeError):
@@ -90,27 +57,21 @@ class RLHFPipeline:
         judge: Judge | None = None,
         category: Callable[[Prompt], str] | None = None,
     ) -> None:
-        """`judge`: a gold judge for the evaluation (`(prompt, answer) -> score in [0, 1]`); the embedded task's
-        when the prompts are the embedded task's, else none, and then no gold metrics are reported.
-        `category`: a prompt's category, to break the evaluation down by."""
+        """`judge` (`(prompt, answer) -> [0, 1]`) and `category` (a prompt's category): the evaluation's, in
+        place of the config's task's; with neither a task nor a judge, no gold metrics are reported."""
         self.config = config
+        self.judge, self.category = judge, category
         self.run_dir = Path(config.run_dir)
-        embedded = config.prompts_dataset.startswith("rlhf-hf/tiny-sort")
-        self.judge = judge or (DEFAULT_TASK.score if embedded else None)
-        self.category = category
-        self.judge_name = None if self.judge is None else "tiny-sort" if judge is None else "user judge"
         if config.labeller not in ("simulated", "human") and labeller is None:
             raise ValueError(f"labeller must be 'simulated' or 'human', got {config.labeller!r}")
-        if config.labeller == "simulated" and labeller is None and self.judge is None:
-            raise ValueError(
-                f"labeller: simulated ranks answers with a gold judge, and prompts_dataset "
-                f"{config.prompts_dataset!r} has none: use labeller: human, or pass a labeller or a judge"
-            )
-        self.labeller = labeller or (
-            SimulatedLabeller(self.judge, noise=config.labeller_noise, seed=config.seed)
-            if config.labeller == "simulated"
-            else None
-        )
+        self.task = get_task(config.task)
+        if labeller is None and config.labeller == "simulated":
+            if self.task is None:
+                raise ValueError(
+                    "labeller: simulated ranks by a task's gold judge: set `task` (e.g. tiny-sort)"
+                )
+            labeller = self.task.labeller(noise=config.labeller_noise, seed=config.seed)
+        self.labeller = labeller
         self.timings: list[tuple[str, float, str]] = []
 
     @classmethod
@@ -121,12 +82,13 @@ class RLHFPipeline:
     def _stage(self, recipe_cls: type[Recipe], values: dict[str, Any], **fixed: Any) -> Recipe:
         values = dict(values)
         config_file = values.pop("config", None)
-        merged = {"seed": self.config.seed, **values, **fixed, "overwrite_output_dir": True}
+        defaults = {"seed": self.config.seed, "task": self.config.task}
+        merged = {**defaults, **values, **fixed, "overwrite_output_dir": True}
         if config_file is None:
             return recipe_cls.from_dict(merged)
         path = Path(config_file)
         if not path.is_absolute():
-            path = getattr(self.config, "base_dir", Path.cwd()) / path
+            path = Path(self.config.config_dir or Path.cwd()) / path
         return recipe_cls.from_yaml(path, **merged)
 
     def _run_stage(self, name: str, out: Path, build: Callable[[], Recipe]) -> dict[str, Any]:
@@ -176,7 +138,9 @@ class RLHFPipeline:
 
         sft_dir = run / "sft"
         self._run_stage(
-            "1. SFT", sft_dir, build=lambda: self._stage(SFTRecipe, cfg.sft, output_dir=str(sft_dir))
+            "1. SFT",
+            sft_dir,
+            build=functools.partial(self._stage, SFTRecipe, cfg.sft, output_dir=str(sft_dir)),
         )
         sft_model = str((sft_dir / "merged").resolve())
 
@@ -192,7 +156,8 @@ class RLHFPipeline:
             self._run_stage(
                 f"{r}. reward model",
                 rm_dir,
-                build=lambda rm_dir=rm_dir, data_file=data_file: self._stage(
+                build=functools.partial(
+                    self._stage,
                     RewardRecipe,
                     cfg.reward,
                     model_name_or_path=sft_model,
@@ -211,24 +176,18 @@ class RLHFPipeline:
             if policy_adapter:
                 fixed["init_policy_adapter"] = policy_adapter
             self._run_stage(
-                f"{r}. PPO", ppo_dir, build=lambda fixed=fixed: self._stage(PPORecipe, cfg.ppo, **fixed)
+                f"{r}. PPO", ppo_dir, build=functools.partial(self._stage, PPORecipe, cfg.ppo, **fixed)
             )
             policy_model, policy_adapter = str(ppo_dir / "merged"), str(ppo_dir / "policy")
 
-        from .report import evaluate_run
-
         eval_start = time.time()
         with self._stage_output("evaluation"):
-            summary = evaluate_run(self, sft_model)
+            summary = evaluate_run(cfg, run, sft_model, judge=self.judge, category=self.category)
         accuracy = summary.get("rm_gold_pair_accuracy")
-        self.timings.append(
-            (
-                "evaluation",
-                time.time() - eval_start,
-                f"{summary['prompts']} held-out prompts"
-                + ("" if accuracy is None else f", RM gold-pair acc. {accuracy:.2f}"),
-            )
+        headline = f"{summary['prompts']} held-out prompts" + (
+            "" if accuracy is None else f", RM gold-pair acc. {accuracy:.2f}"
         )
+        self.timings.append(("evaluation", time.time() - eval_start, headline))
         summary["seconds"] = time.time() - start
         summary["stages"] = [{"stage": n, "seconds": s, "metric": m} for n, s, m in self.timings]
         (run / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -267,48 +226,18 @@ class RLHFPipeline:
         ranked_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
         return rows
 
-    def eval_prompts(self) -> list[Prompt]:
-        """Held-out prompts: the embedded task's evaluation prompts, else the prompts dataset's `test` split,
-        else the last `eval_prompts` rows of its `train` split (which ranking then never samples)."""
-        cfg = self.config
-        if cfg.prompts_dataset.startswith("rlhf-hf/tiny-sort"):
-            from .evaluation import gold_prompts
-
-            return gold_prompts(cfg.eval_prompts)
-        test = load_split(cfg.prompts_dataset, "test")
-        if test is not None:
-            return [_clean(p) for p in test["prompt"][: cfg.eval_prompts]]
-        return [_clean(p) for p in load_split(cfg.prompts_dataset, "train")["prompt"][-cfg.eval_prompts :]]
-
-    def ranking_prompts(self) -> list[Prompt]:
-        """Prompts to sample answers for ranking: the `train` split, less the held-out tail when there is no
-        `test` split (see `eval_prompts`)."""
-        cfg = self.config
-        prompts = [_clean(p) for p in load_split(cfg.prompts_dataset, "train")["prompt"]]
-        if cfg.prompts_dataset.startswith("rlhf-hf/tiny-sort") or load_split(cfg.prompts_dataset, "test"):
-            return prompts
-        if len(prompts) <= cfg.eval_prompts:
-            raise ValueError(
-                f"{cfg.prompts_dataset}: {len(prompts)} prompts and no 'test' split; evaluation holds out the "
-                f"last eval_prompts={cfg.eval_prompts}, which leaves none to rank: add a test split or lower "
-                "eval_prompts"
-            )
-        return prompts[: -cfg.eval_prompts]
-
     def _ppo_prompts(self) -> str:
-        """PPO's prompts: the ranking prompts (the held-out ones never), as a file when they are a subset."""
+        """PPO's prompts: the ranking prompts (never the held-out ones), as a file when they are a subset."""
         cfg = self.config
-        if cfg.prompts_dataset.startswith("rlhf-hf/tiny-sort"):
+        if get_task(cfg.task) is not None or load_split(cfg.prompts_dataset, "test") is not None:
             return cfg.prompts_dataset
         path = self.run_dir / "ppo_prompts.jsonl"
-        path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in self.ranking_prompts()))
+        path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ranking_prompts(cfg)))
         return str(path)
 
     def _sample(self, policy_model: str, round_index: int) -> list[dict]:
-        from .serve import load_for_inference
-
         cfg = self.config
-        prompts = self.ranking_prompts()
+        prompts = ranking_prompts(cfg)
         n = cfg.rank_prompts
         offset = ((round_index - 1) * n) % max(1, len(prompts) - n)  # fresh prompts each round
         model, tokenizer = load_for_inference(policy_model)
@@ -326,14 +255,12 @@ class RLHFPipeline:
 
     # ------------------------------------------------------------------------------------------ output
     def print_summary(self, summary: dict[str, Any]) -> None:
-        from .report import headline, print_table
-
         print_table(summary)
         print(f"\n{'stage':<28}{'seconds':>9}  key metric")
         for name, seconds, metric in self.timings:
             print(f"{name:<28}{seconds:>9.1f}  {metric}")
         print(f"{'total':<28}{summary['seconds']:>9.1f}")
-        print("\n" + headline(summary))
+        print("\n" + report_headline(summary))
 
 
 def _headline(metrics: dict[str, Any]) -> str:
@@ -346,13 +273,6 @@ def _headline(metrics: dict[str, Any]) -> str:
         if key in metrics:
             return f"{label} {metrics[key]:.2f}"
     return ""
-
-
-def _clean(prompt: Prompt) -> Prompt:
-    """A prompt as loaded by `datasets`: message dicts lose the keys a shared schema filled with None."""
-    if isinstance(prompt, str):
-        return prompt
-    return [{k: v for k, v in m.items() if v is not None} for m in prompt]
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,30 +1,37 @@
-"""Evaluating a pipeline run: SFT vs each PPO policy, the over-optimisation curve, training curves, summary.json."""
+"""Evaluating a pipeline run: SFT, each PPO policy and best-of-n baselines at greedy and sampled decoding, the
+over-optimisation curve, training curves, summary.json."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: works on machines without a display
-import matplotlib.pyplot as plt  # noqa: E402
-from peft import PeftModel  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
-
-from .evaluation import GREEDY, SAMPLED, checkpoint_curve, evaluate_policies  # noqa: E402
-from .evaluation import print_table as print_rows  # noqa: E402
-from .modeling import load_tokenizer  # noqa: E402
-from .reward.model import load_reward_model  # noqa: E402
-from .reward.trainer import ranking_metrics  # noqa: E402
-from .tasks.base import SimulatedLabeller  # noqa: E402
-
-if TYPE_CHECKING:
-    from .pipeline import RLHFPipeline
+from .data import load_split
+from .evaluation import GREEDY, SAMPLED, checkpoint_curve, evaluate_policies, gold_prompts
+from .evaluation import print_table as print_rows
+from .modeling import load_pretrained, load_tokenizer
+from .pipeline_config import PipelineConfig
+from .reward.metrics import ranking_metrics
+from .reward.model import load_reward_model
+from .tasks import get_task
+from .tasks.base import Judge, Prompt, SimulatedLabeller
 
 logger = logging.getLogger(__name__)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (works on machines without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 BEST_OF = (4, 16)  # best-of-n baselines on the same reward model, sampled from SFT
 
 
@@ -33,21 +40,29 @@ def _policy_dirs(run_dir: Path, rounds: int) -> dict[str, Path]:
     return {f"ppo_round_{r}": run_dir / f"round_{r}" / "ppo" / "merged" for r in range(1, rounds + 1)}
 
 
-def evaluate_run(pipeline: RLHFPipeline, sft_model: str) -> dict[str, Any]:
+def evaluate_run(
+    cfg: PipelineConfig,
+    run_dir: str | Path,
+    sft_model: str,
+    judge: Judge | None = None,
+    category: Callable[[Prompt], str] | None = None,
+) -> dict[str, Any]:
     """SFT, every round's PPO policy and best-of-n baselines on held-out prompts, at greedy and at the training
-    temperature; the over-optimisation curve; the summary. Gold metrics only where the pipeline has a judge."""
-    cfg, run = pipeline.config, pipeline.run_dir
-    judge, category = pipeline.judge, pipeline.category
+    temperature; the over-optimisation curve; the summary. Gold metrics only with a judge: `judge` if given, else
+    the config's task's; without either, the prompts dataset's test split and no gold keys at all."""
+    run = Path(run_dir)
+    task = get_task(cfg.task)
+    judge_name = "user judge" if judge is not None else (task.name if task is not None else None)
+    judge = judge or (task.score if task is not None else None)
+    category = category or (task.category if task is not None else None)
     out = run / "eval"
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(sft_model)
-    sft = AutoModelForCausalLM.from_pretrained(sft_model).eval()
-    policies = {"sft": sft} | {
-        n: AutoModelForCausalLM.from_pretrained(p).eval() for n, p in _policy_dirs(run, cfg.rounds).items()
-    }
+    sft = load_pretrained(sft_model)
+    policies = {"sft": sft} | {n: load_pretrained(p) for n, p in _policy_dirs(run, cfg.rounds).items()}
     last = list(policies)[-1]
     reward = load_reward_model(run / f"round_{cfg.rounds}" / "reward")
-    prompts = pipeline.eval_prompts()
+    prompts = gold_prompts(cfg.eval_prompts, task) if task is not None else held_out_prompts(cfg)
     kwargs = dict(temperature=cfg.sample_temperature, max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed)
     table = evaluate_policies(
         policies,
@@ -73,7 +88,7 @@ def evaluate_run(pipeline: RLHFPipeline, sft_model: str) -> dict[str, Any]:
 
     summary = {
         "prompts": len(prompts),
-        "judge": pipeline.judge_name,
+        "judge": judge_name,
         "temperature": cfg.sample_temperature,
         "headline": {"decoding": GREEDY, "baseline": f"sft {GREEDY}", "policy": f"{last} {GREEDY}"},
         "table": table,
@@ -83,6 +98,35 @@ def evaluate_run(pipeline: RLHFPipeline, sft_model: str) -> dict[str, Any]:
         summary["rm_gold_pair_accuracy"] = gold_pair_accuracy(sft, tokenizer, reward, prompts, judge, cfg)
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def held_out_prompts(cfg: PipelineConfig) -> list[Prompt]:
+    """Evaluation prompts without a task: the prompts dataset's `test` split, else the last `eval_prompts` rows of
+    its `train` split, which `ranking_prompts` then leaves out."""
+    test = load_split(cfg.prompts_dataset, "test")
+    if test is not None:
+        return [_clean(p) for p in test["prompt"][: cfg.eval_prompts]]
+    return [_clean(p) for p in load_split(cfg.prompts_dataset, "train")["prompt"][-cfg.eval_prompts :]]
+
+
+def ranking_prompts(cfg: PipelineConfig) -> list[Prompt]:
+    """Prompts to sample answers to rank (and PPO's): `train`, less the held-out tail when there is no `test`."""
+    prompts = [_clean(p) for p in load_split(cfg.prompts_dataset, "train")["prompt"]]
+    if get_task(cfg.task) is not None or load_split(cfg.prompts_dataset, "test") is not None:
+        return prompts
+    if len(prompts) <= cfg.eval_prompts:
+        raise ValueError(
+            f"{cfg.prompts_dataset}: {len(prompts)} prompts and no 'test' split; evaluation holds out the last "
+            f"eval_prompts={cfg.eval_prompts}, which leaves none to rank: add a test split or lower eval_prompts"
+        )
+    return prompts[: -cfg.eval_prompts]
+
+
+def _clean(prompt: Prompt) -> Prompt:
+    """A prompt as loaded by `datasets`: message dicts lose the keys a shared schema filled with None."""
+    if isinstance(prompt, str):
+        return prompt
+    return [{k: v for k, v in m.items() if v is not None} for m in prompt]
 
 
 def gold_pair_accuracy(model, tokenizer, reward, prompts, judge, cfg) -> float:
@@ -112,8 +156,7 @@ def overoptimisation_curve(
     checkpoints = sorted(ppo_dir.glob("checkpoint-*/policy"), key=lambda p: int(p.parent.name.split("-")[1]))
 
     def load(adapter: Path):  # LoRA adapters on the SFT model, the reference of every round
-        model = AutoModelForCausalLM.from_pretrained(sft_model)
-        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+        return load_pretrained(sft_model, adapter)
 
     loaders = [(0, lambda: start)] + [
         (int(a.parent.name.split("-")[1]), lambda a=a: load(a)) for a in checkpoints
@@ -124,6 +167,7 @@ def overoptimisation_curve(
 def plot_overoptimisation(curve: list[dict], table: dict[str, dict], path: Path, temperature: float) -> None:
     """Gold (greedy and sampled) and RM score against KL to SFT, one point per checkpoint (labelled with its
     update); best-of-n baselines as stars at their analytic KL."""
+    plt = _pyplot()
     fig, gold_ax = plt.subplots(figsize=(7, 4.5))
     rm_ax = gold_ax.twinx()
     lines = []
@@ -177,6 +221,7 @@ def plot_overoptimisation(curve: list[dict], table: dict[str, dict], path: Path,
 
 def plot_training(run_dir: Path, path: Path) -> None:
     keys = [("objective/scores", "RM score"), ("objective/kl", "KL to SFT"), ("objective/entropy", "entropy")]
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(12, 3.5))
     for history_file in sorted(run_dir.glob("round_*/ppo/log_history.json")):
         history = [h for h in json.loads(history_file.read_text()) if "objective/scores" in h]

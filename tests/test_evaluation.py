@@ -23,7 +23,9 @@ from rlhf_hf.evaluation import (
     win_rate,
 )
 from rlhf_hf.modeling import load_tokenizer
-from rlhf_hf.tiny.task import DEFAULT_TASK
+from rlhf_hf.tasks import get_task
+
+TASK = get_task("tiny-sort")
 
 
 def _scored(prompts, texts, gold=None, rm=None, eos=None) -> Scored:
@@ -97,7 +99,7 @@ def _length_rm(reward, prompts, answers):
 def test_best_of_n_keeps_the_reward_models_favourite_of_the_same_samples(tiny_policy, monkeypatch):
     model, tokenizer = tiny_policy
     monkeypatch.setattr(evaluation, "rm_scores", _length_rm)
-    prompts = gold_prompts(6)
+    prompts = gold_prompts(6, TASK)
     picks, picked = best_of_n(model, tokenizer, prompts, 4, reward=None, temperature=1.0, seed=3)
     pool = sample(model, tokenizer, [p for p in prompts for _ in range(4)], temperature=1.0, seed=3)
     for i, prompt in enumerate(prompts):
@@ -110,7 +112,7 @@ def test_best_of_n_keeps_the_reward_models_favourite_of_the_same_samples(tiny_po
 
 def test_greedy_is_deterministic_and_differs_from_sampling(tiny_policy):
     model, tokenizer = tiny_policy
-    prompts = gold_prompts(8)
+    prompts = gold_prompts(8, TASK)
     a = sample(model, tokenizer, prompts, temperature=0.0, seed=1)
     b = sample(model, tokenizer, prompts, temperature=0.0, seed=2)
     assert a.texts == b.texts and a.answer_ids == b.answer_ids
@@ -121,7 +123,7 @@ def test_greedy_is_deterministic_and_differs_from_sampling(tiny_policy):
 def test_evaluate_policies_rows_at_both_decodings_with_and_without_a_judge(tiny_policy, monkeypatch):
     model, tokenizer = tiny_policy
     monkeypatch.setattr(evaluation, "rm_scores", _length_rm)
-    prompts = gold_prompts(8)
+    prompts = gold_prompts(8, TASK)
     kwargs = dict(reward=("stub",), temperature=1.0, max_new_tokens=8, seed=0)
     rows = evaluate_policies({"sft": model}, model, tokenizer, prompts, best_of=(2,), **kwargs)
     assert list(rows) == ["sft greedy", "sft sampled", "best-of-2"]
@@ -135,13 +137,13 @@ def test_evaluate_policies_rows_at_both_decodings_with_and_without_a_judge(tiny_
         model,
         tokenizer,
         prompts,
-        judge=DEFAULT_TASK.score,
+        judge=TASK.score,
         category=lambda p: p.split()[0],
         **kwargs,
     )
     greedy = judged["sft greedy"]
     answers = sample(model, tokenizer, prompts, temperature=0.0, max_new_tokens=8).texts
-    gold = [DEFAULT_TASK.score(p, a) for p, a in zip(prompts, answers, strict=True)]
+    gold = [TASK.score(p, a) for p, a in zip(prompts, answers, strict=True)]
     assert greedy["gold_score"] == pytest.approx(sum(gold) / len(gold), abs=1e-12)
     assert greedy["win_rate_gold"] == 0.5
     categories = greedy["by_category"]
