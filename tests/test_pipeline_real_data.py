@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Con
 from rlhf_hf.evaluation import sample
 from rlhf_hf.modeling import load_tokenizer
 from rlhf_hf.pipeline import PausedForRanking, PipelineConfig, RLHFPipeline
+from rlhf_hf.report import held_out_prompts
 
 CONFIGS = ROOT / "recipes" / "configs"
 WORDS = [
@@ -181,7 +182,7 @@ def test_a_judge_callable_is_what_the_report_scores_with(user_run):
     answers = sample(
         AutoModelForCausalLM.from_pretrained(sft_dir),
         load_tokenizer(sft_dir),
-        pipeline.eval_prompts(),
+        held_out_prompts(config),
         temperature=0.0,
         max_new_tokens=config.sample_max_new_tokens,
     ).texts
