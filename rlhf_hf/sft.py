@@ -11,15 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from peft import PeftModel
 from transformers import set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from .data import train_eval_splits, validate_sft_dataset
+from .data import train_eval_splits
 from .modeling import load_causal_lm, lora_config, resolve_model_path, zero3_init_disabled
 from .recipe import Recipe, RecipeArgs, RecipeResult
+from .reward.loaders import oasst1_sft_rows
 from .tiny.model import TINY_MODEL_ID
+from .validation import ValidationReport, validate_sft_dataset
+
+SFT_FORMATS = ("messages", "prompt_completion", "text", "oasst1")
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,13 @@ class SFTRecipeConfig(RecipeArgs, SFTConfig, ModelConfig):
             "trains on the completion unless `completion_only_loss: false`."
         },
     )
+    dataset_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "`messages`, `prompt_completion`, `text` (detected from the columns when unset) or `oasst1` "
+            "(an OpenAssistant/oasst1 message table: each tree's best-ranked path as `messages`)."
+        },
+    )
     drop_long_rows: bool = field(
         default=False, metadata={"help": "Drop rows longer than max_length (reported) instead of raising."}
     )
@@ -54,6 +66,13 @@ class SFTRecipeConfig(RecipeArgs, SFTConfig, ModelConfig):
     eval_gold_prompts: int = field(
         default=200, metadata={"help": "Held-out prompts scored by the gold judge (embedded task only)."}
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset_format is not None and self.dataset_format not in SFT_FORMATS:
+            raise ValueError(
+                f"dataset_format must be one of {list(SFT_FORMATS)} or null, got {self.dataset_format!r}"
+            )
 
 
 class SFTRecipe(Recipe):
@@ -65,6 +84,25 @@ class SFTRecipe(Recipe):
         start = time.time()
         # ---- 1. everything that can fail cheaply, before a model is loaded or a file written
         tokenizer = self.load_tokenizer()
+        reports: list[ValidationReport] = []
+
+        def prepare(split: Dataset, source: str) -> Dataset:
+            source_rows = None
+            if cfg.dataset_format == "oasst1":
+                rows, source_rows = oasst1_sft_rows(split, source)
+                split = Dataset.from_list(rows)
+            split, report = validate_sft_dataset(
+                split,
+                tokenizer,
+                max_length=cfg.max_length,
+                drop_long_rows=cfg.drop_long_rows,
+                source=source,
+                dataset_format=None if cfg.dataset_format == "oasst1" else cfg.dataset_format,
+                source_rows=source_rows,
+            )
+            reports.append(report)
+            return split
+
         train, evaluation = train_eval_splits(
             cfg.dataset_name,
             cfg.dataset_config,
@@ -72,18 +110,9 @@ class SFTRecipe(Recipe):
             cfg.dataset_test_split,
             cfg.eval_fraction,
             cfg.seed,
+            prepare,
         )
-        train, report = validate_sft_dataset(
-            train, tokenizer, max_length=cfg.max_length, drop_long_rows=cfg.drop_long_rows, where="train"
-        )
-        if evaluation is not None:
-            evaluation, _ = validate_sft_dataset(
-                evaluation,
-                tokenizer,
-                max_length=cfg.max_length,
-                drop_long_rows=cfg.drop_long_rows,
-                where="eval",
-            )
+        report = reports[0]  # the train split's
         if report.format != "messages":
             cfg.assistant_only_loss = False  # TRL supports it for conversational data only
         output_dir = self.check_output_dir()

@@ -155,7 +155,7 @@ def test_to_ranked_implicit_prompt_is_shared_message_prefix() -> None:
 
 
 def test_to_ranked_implicit_prompt_needs_messages() -> None:
-    with pytest.raises(ValueError, match=r"row 4: missing column 'prompt'.*from_hh_rlhf"):
+    with pytest.raises(ValueError, match=r"row 4: missing column 'prompt'.*dataset_format: hh-rlhf"):
         to_ranked({"chosen": "Human: a Assistant: b", "rejected": "Human: a Assistant: c"}, 4)
 
 
@@ -266,7 +266,10 @@ def test_from_ultrafeedback_scores_and_ties() -> None:
 def test_from_ultrafeedback_missing_field_names_row() -> None:
     rows = _jsonl("ultrafeedback.jsonl")
     del rows[0]["completions"][1]["overall_score"]
-    with pytest.raises(ValueError, match="ultrafeedback row 0: missing field 'overall_score'"):
+    with pytest.raises(
+        ValueError,
+        match=r"ultrafeedback: 1 bad row .*\n  row 0: field 'completions\[1\]\.overall_score' is missing",
+    ):
         from_ultrafeedback(rows)
 
 
