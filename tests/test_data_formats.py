@@ -279,7 +279,11 @@ def test_reward_cli_trains_on_each_format(tmp_path, name, fmt, prompts):
     if fmt == "ranked":
         data = _jsonl(
             tmp_path / name,
-            [GOOD, {**GOOD, "scores": [0.2, 0.9]}, {**GOOD, "responses": ["1 2", "2 1", "1"]}],
+            [
+                GOOD,  # ranks
+                {"prompt": "sort 3 1", "responses": ["3 1", "1 3"], "scores": [0.2, 0.9]},  # scores
+                {"prompt": "sort 2 1", "responses": ["1 2", "2 1", "1"]},  # best first
+            ],
         )
     elif fmt == "pairwise":
         messages = [{"role": "user", "content": "sort 2 1"}]
