@@ -27,12 +27,8 @@ class RowError(ValueError):
 
     def __init__(self, field_name: str | None, problem: str, row: int | None = None, hint: str | None = None):
         self.field_name, self.problem, self.row, self.hint = field_name, problem, row, hint
-        what = f"field '{field_name}' {problem}" if field_name else problem
-        super().__init__(what if row is None else f"row {row}: {what}")
-
-    @property
-    def what(self) -> str:
-        return f"field '{self.field_name}' {self.problem}" if self.field_name else self.problem
+        self.what = f"field '{field_name}' {problem}" if field_name else problem
+        super().__init__(self.what if row is None else f"row {row}: {self.what}")
 
 
 class DataError(ValueError):

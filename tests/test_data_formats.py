@@ -315,3 +315,15 @@ def test_unknown_format_is_refused_when_the_config_is_read():
         main(["reward", "--dataset_format", "csv"])
     with pytest.raises(ValueError, match=r"dataset_format must be one of \['messages', 'prompt_completion'"):
         main(["sft", "--dataset_format", "ultrafeedback"])
+
+
+def test_dataset_format_over_a_labelling_config_needs_labeller_none():
+    from rlhf_hf import RewardRecipe
+
+    reward_yaml = str(SFT_TINY_YAML.parent / "reward_tiny.yaml")
+    with pytest.raises(ValueError, match=r"`labeller: simulated` samples .*--labeller none"):
+        RewardRecipe.parse_args(["--config", reward_yaml, "--dataset_format", "shp"])
+    config = RewardRecipe.parse_args(
+        ["--config", reward_yaml, "--dataset_format", "shp", "--labeller", "none"]
+    )
+    assert (config.labeller, config.dataset_format) == (None, "shp")

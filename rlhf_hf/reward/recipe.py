@@ -98,6 +98,8 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.labeller, str) and self.labeller.lower() in ("none", "null"):
+            self.labeller = None  # `--labeller none` on the command line, over a YAML's `labeller: simulated`
         if self.labeller is not None and self.labeller not in LABELLERS:
             raise ValueError(f"labeller must be one of {list(LABELLERS)} or null, got {self.labeller!r}")
         if self.ties not in TIES:
@@ -108,8 +110,8 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
             )
         if self.dataset_format is not None and self.labeller is not None:
             raise ValueError(
-                f"dataset_format {self.dataset_format!r} is for ranked data; with `labeller` the dataset holds "
-                "prompts to sample answers for: set one of them"
+                f"dataset_format {self.dataset_format!r} is for ranked data, but `labeller: {self.labeller}` samples "
+                "answers for a dataset of prompts: set one of them (on the command line: --labeller none)"
             )
 
 
