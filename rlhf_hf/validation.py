@@ -41,8 +41,8 @@ class BadRows:
     `with bad.row(i): ...` records a `RowError` raised inside under row `i` and carries on with the next row.
     """
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    def __init__(self, source: str, lines: list[int] | None = None) -> None:
+        self.source, self.lines = source, lines  # lines: each row's line number, when not a JSONL file's own
         self.errors: list[tuple[int, RowError]] = []
 
     @contextlib.contextmanager
@@ -60,7 +60,7 @@ class BadRows:
             return
         unique = {(index, err.what): err for index, err in self.errors}  # shared oasst1 ancestors repeat
         errors = sorted(((index, err) for (index, _), err in unique.items()), key=lambda e: e[0])
-        lines = jsonl_line_numbers(self.source)
+        lines = self.lines or jsonl_line_numbers(self.source)
         rows = {index for index, _ in errors}
         listed = [
             f"  row {index}{f' (line {lines[index]})' if lines and index < len(lines) else ''}: {err.what}"
