@@ -52,9 +52,6 @@ class BadRows:
         except RowError as err:
             self.errors.append((index, err))
 
-    def __len__(self) -> int:
-        return len(self.errors)
-
     def raise_if_any(self) -> None:
         if not self.errors:
             return
@@ -69,7 +66,8 @@ class BadRows:
         if len(errors) > MAX_LISTED:
             listed.append(f"  ... and {len(errors) - MAX_LISTED} more")
         hints = list(dict.fromkeys(err.hint for _, err in errors if err.hint))
-        numbering = "rows numbered from 0 in file order" + (", lines from 1" if lines else "")
+        order = "file" if self.lines or Path(self.source).is_file() else "dataset"
+        numbering = f"rows numbered from 0 in {order} order" + (", lines from 1" if lines else "")
         message = f"{self.source}: {len(rows)} bad row{'s' * (len(rows) > 1)} ({numbering}):\n" + "\n".join(
             listed
         )
