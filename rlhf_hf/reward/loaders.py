@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
+
+from datasets import Dataset
 
 from rlhf_hf.reward.data import Message, to_ranked
 from rlhf_hf.validation import BadRows, DataError, RowError, check_text
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 Row = Mapping[str, Any]
+Rows = Sequence[Row] | Dataset  # indexable: oasst1 looks up ancestors by row
 Sourced = list[tuple[int, dict]]  # (source row, canonical row)
 
 
@@ -54,7 +57,7 @@ def _checked(row: Row, key: str) -> Any:
 
 def _loaded(reader: Any, rows: Iterable[Row], source: str, **kwargs: Any) -> list[dict]:
     bad = BadRows(source)
-    out = reader(list(rows), bad, **kwargs)
+    out = reader(rows if isinstance(rows, Dataset) else list(rows), bad, **kwargs)
     bad.raise_if_any()
     return [row for _, row in out]
 
@@ -67,7 +70,7 @@ _OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
 class _Oasst1Table:
     """The message table: row index and message by id, and live (not deleted) children by parent id."""
 
-    def __init__(self, rows: list[Row], bad: BadRows) -> None:
+    def __init__(self, rows: Rows, bad: BadRows) -> None:
         self.rows, self.bad = rows, bad
         self.index: dict[str, int] = {}
         self.children: dict[str | None, list[int]] = defaultdict(list)
@@ -102,7 +105,7 @@ class _Oasst1Table:
         return None if None in path else path[::-1]
 
 
-def _oasst1(rows: list[Row], bad: BadRows, *, lang: str | None = None) -> Sourced:
+def _oasst1(rows: Rows, bad: BadRows, *, lang: str | None = None) -> Sourced:
     table = _Oasst1Table(rows, bad)
     groups: dict[str, list[int]] = defaultdict(list)
     for parent, kids in table.children.items():
@@ -140,7 +143,7 @@ def from_oasst1(rows: Iterable[Row], *, lang: str | None = None) -> list[dict]:
     return _loaded(_oasst1, rows, "oasst1", lang=lang)
 
 
-def _oasst1_paths(rows: list[Row], bad: BadRows, *, lang: str | None = None) -> Sourced:
+def _oasst1_paths(rows: Rows, bad: BadRows, *, lang: str | None = None) -> Sourced:
     table = _Oasst1Table(rows, bad)
     out = []
     for root in table.children[None]:
@@ -170,7 +173,7 @@ def oasst1_best_paths(rows: Iterable[Row], *, lang: str | None = None) -> list[d
 # --- openbmb/UltraFeedback ------------------------------------------------------------------------
 
 
-def _ultrafeedback(rows: list[Row], bad: BadRows, *, score: str = "overall_score") -> Sourced:
+def _ultrafeedback(rows: Rows, bad: BadRows, *, score: str = "overall_score") -> Sourced:
     out = []
     for index, row in enumerate(rows):
         with bad.row(index):
@@ -226,7 +229,7 @@ def _hh_messages(transcript: Any, field_name: str) -> list[Message]:
     return messages
 
 
-def _hh_rlhf(rows: list[Row], bad: BadRows) -> Sourced:
+def _hh_rlhf(rows: Rows, bad: BadRows) -> Sourced:
     out = []
     for index, row in enumerate(rows):
         with bad.row(index):
@@ -284,7 +287,7 @@ def _shp_post(items: list[tuple[int, Row]]) -> dict | None:
     return to_ranked({"prompt": history, "responses": list(texts), "scores": list(scores)}, items[0][0])
 
 
-def _shp(rows: list[Row], bad: BadRows, *, group_by_post: bool = True) -> Sourced:
+def _shp(rows: Rows, bad: BadRows, *, group_by_post: bool = True) -> Sourced:
     pairs: dict[int, dict] = {}
     posts: dict[str, list[tuple[int, Row]]] = defaultdict(list)
     for index, row in enumerate(rows):
@@ -317,7 +320,7 @@ def from_shp(rows: Iterable[Row], *, group_by_post: bool = True) -> list[dict]:
 # --- dataset_format: by name or detected from the columns ----------------------------------------
 
 
-def _as_is(rows: list[Row], bad: BadRows) -> Sourced:
+def _as_is(rows: Rows, bad: BadRows) -> Sourced:
     """`ranked` and `pairwise` rows are already in a format `to_ranked` reads: validated by the caller."""
     return list(enumerate(rows))
 
@@ -375,7 +378,7 @@ def ranked_source_rows(rows: Any, dataset_format: str | None, source: str) -> tu
             f"{source}: dataset_format {dataset_format!r} needs column(s) {missing}; found columns {columns}"
         )
     bad = BadRows(source)
-    out = reader(list(rows), bad)
+    out = reader(rows if isinstance(rows, Dataset) else list(rows), bad)  # a Dataset: row by row, not all
     bad.raise_if_any()
     return [row for _, row in out], [index for index, _ in out]
 
@@ -383,7 +386,7 @@ def ranked_source_rows(rows: Any, dataset_format: str | None, source: str) -> tu
 def oasst1_sft_rows(rows: Any, source: str) -> tuple[list[dict], list[int]]:
     """`oasst1_best_paths` for the SFT stage: (conversations, the source row number of each tree's root)."""
     bad = BadRows(source)
-    out = _oasst1_paths(list(rows), bad)
+    out = _oasst1_paths(rows if isinstance(rows, Dataset) else list(rows), bad)
     bad.raise_if_any()
     if not out:
         raise DataError(f"{source}: no oasst1 tree has an assistant reply to learn from: nothing to train on")
