@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -45,8 +46,18 @@ def answer_lengths(
     return first_eos + 1, has_eos
 
 
+@dataclass
+class Answers:
+    """Generated answers, also as token ids (up to and including the first eos) so log-probs can be taken on
+    exactly the generated tokens."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    has_eos: list[bool]
+
+
 @torch.no_grad()
-def generate(
+def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
@@ -57,11 +68,11 @@ def generate(
     top_p: float = 1.0,
     batch_size: int = 64,
     progress: bool = False,
-) -> list[str]:
-    """Answers (decoded, special tokens and everything after eos removed) for chat `prompts`."""
+) -> Answers:
+    """Answers for chat `prompts`: greedy, or sampled with `temperature` / `top_p` and no top-k (as PPO samples)."""
     was_training = model.training
     model.eval()
-    answers: list[str] = []
+    answers = Answers([], [], [])
     device = next(model.parameters()).device
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="generating", disable=not progress):
@@ -76,10 +87,18 @@ def generate(
             **sample_kwargs,
         )
         answer_ids = out[:, batch["input_ids"].shape[1] :]
-        lengths, _ = answer_lengths(answer_ids, tokenizer.eos_token_id)
-        answers += [
-            tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-            for ids, n in zip(answer_ids.tolist(), lengths.tolist(), strict=True)
-        ]
+        lengths, has_eos = answer_lengths(answer_ids, tokenizer.eos_token_id)
+        for ids, n, eos in zip(answer_ids.tolist(), lengths.tolist(), has_eos.tolist(), strict=True):
+            answers.texts.append(tokenizer.decode(ids[:n], skip_special_tokens=True).strip())
+            answers.ids.append(ids[:n])
+            answers.has_eos.append(eos)
     model.train(was_training)
     return answers
+
+
+def generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], **kwargs
+) -> list[str]:
+    """Answers (decoded, special tokens and everything after eos removed) for chat `prompts`; `kwargs` as
+    `generate_answers`."""
+    return generate_answers(model, tokenizer, prompts, **kwargs).texts

@@ -9,29 +9,12 @@ from pathlib import Path
 from typing import TextIO
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
 from .generation import encode_prompts, generate
-from .modeling import load_tokenizer, resolve_dtype, resolve_model_path
+from .modeling import load_for_inference
 
 HELP = "commands: /reset (forget the conversation), /exit (quit)"
-
-
-def load_for_inference(
-    path: str, dtype: str | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A merged model dir, or a LoRA adapter dir (loaded onto its base), ready for generation."""
-    path = resolve_model_path(path)
-    kwargs = {"dtype": resolve_dtype(dtype)} if dtype else {}
-    if (Path(path) / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return model.eval(), load_tokenizer(path)
 
 
 def chat(

@@ -14,7 +14,7 @@ from datasets import Dataset
 from rlhf_hf.cli import main
 from rlhf_hf.reward import recipe as reward_recipe
 from rlhf_hf.reward.loaders import detect_format, oasst1_best_paths, ranked_source_rows
-from rlhf_hf.tiny.model import build_tokenizer
+from rlhf_hf.tasks.tiny.model import build_tokenizer
 from rlhf_hf.validation import (
     MAX_LISTED,
     DataError,

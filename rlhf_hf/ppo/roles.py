@@ -25,14 +25,17 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoModelForSequenceClassification, GenerationConfig, PreTrainedModel, set_seed
+from transformers import GenerationConfig, PreTrainedModel, set_seed
 
 from ..modeling import (
+    is_adapter_dir,
     is_quantized,
     load_causal_lm,
+    load_classifier,
+    load_lora_config,
     lora_config,
+    merge_adapter_into,
     model_kwargs,
-    resolve_model_path,
     zero3_init_disabled,
 )
 from ..reward.model import IDENTITY_STATS, normalize, read_stats
@@ -41,7 +44,7 @@ from .config import PPORecipeConfig
 logger = logging.getLogger(__name__)
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
-ADAPTER_FILE, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+ADAPTER_FILE = "adapter_model.safetensors"
 HEAD_FILE = "value_head.safetensors"
 
 
@@ -303,17 +306,13 @@ class PPOModel(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------- construction
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).exists()
-
-
 def _reward_adapter(lm: PeftModel, reward_dir: Path) -> tuple[LoraConfig, Tensor]:
     """Load a SEQ_CLS LoRA adapter onto the causal LM as adapter `reward`; return its config and score weight.
 
     The causal LM has no `score` module, so the LoRA weights go into a fresh causal-LM adapter and the head
     (saved through `modules_to_save=["score"]`) is read from the adapter file into our own head.
     """
-    config = LoraConfig.from_pretrained(str(reward_dir))
+    config = load_lora_config(reward_dir)
     config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, False
     lm.add_adapter(REWARD, config)
     weights = load_file(reward_dir / ADAPTER_FILE)
@@ -334,14 +333,13 @@ def _copy_adapter(lm: PeftModel, source: str, target: str) -> None:
     set_peft_model_state_dict(lm, get_peft_model_state_dict(lm, adapter_name=source), adapter_name=target)
 
 
-def _classifier(cfg: PPORecipeConfig, path: str, pad_token_id: int, **extra) -> PreTrainedModel:
-    kwargs = model_kwargs(cfg, trust_remote_code=cfg.trust_remote_code) | extra
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
-    model.config.pad_token_id = pad_token_id
-    return model
+def _classifier(cfg: PPORecipeConfig, path: str, pad_token_id: int) -> PreTrainedModel:
+    return load_classifier(
+        path, pad_token_id=pad_token_id, **model_kwargs(cfg, trust_remote_code=cfg.trust_remote_code)
+    )
 
 
-def _whole(weight: nn.Parameter) -> Tensor:
+def _gathered_copy(weight: nn.Parameter) -> Tensor:
     """A copy of the whole tensor, also when DeepSpeed ZeRO-3 loaded it as an empty shard (`zero3_init_flag`)."""
     if not hasattr(weight, "ds_id"):
         return weight.detach().clone()
@@ -386,7 +384,7 @@ def build_ppo_model(cfg: PPORecipeConfig, pad_token_id: int) -> PPOModel:
     else:
         reward_model = _classifier(cfg, str(reward_dir), pad_token_id)
         reward_model.requires_grad_(False)
-        score = _whole(reward_model.score.weight)
+        score = _gathered_copy(reward_model.score.weight)
         if cfg.critic == "adapter":
             lm.add_adapter(VALUE, lora_config(cfg))
     if cfg.critic in ("adapter", "head"):
@@ -418,5 +416,5 @@ def _value_model(cfg: PPORecipeConfig, reward_dir: Path, pad_token_id: int) -> P
         raise ValueError("critic: model trains a full model: it cannot be built from a quantized base")
     # Merging needs whole weights: under ZeRO-3 load them whole here; DeepSpeed shards the result at `prepare`.
     with zero3_init_disabled():
-        base = _classifier(cfg, resolve_model_path(cfg.model_name_or_path), pad_token_id)
-        return PeftModel.from_pretrained(base, str(reward_dir)).merge_and_unload()
+        base = _classifier(cfg, cfg.model_name_or_path, pad_token_id)
+        return merge_adapter_into(base, reward_dir)
