@@ -11,18 +11,22 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, prepare_model_for_kbit_training
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.modeling_layers import GenericForSequenceClassification
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config, get_quantization_config
 
@@ -139,6 +143,59 @@ def load_causal_lm(
     return _prepare_if_quantized(model, model_config, gradient_checkpointing)
 
 
+def sequence_classifier_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The scalar-head classifier class for a model config: transformers' own `*ForSequenceClassification`, or, for
+    causal LMs without one (Granite, Cohere, ...), the same generic classifier (backbone + `score` head, pooling the
+    last non-pad token) built on the architecture's own pretrained-model class.
+    """
+    return _classifier_class(type(config))
+
+
+@cache
+def _classifier_class(config_class: type[PretrainedConfig]) -> type[PreTrainedModel]:
+    try:
+        return AutoModelForSequenceClassification._model_mapping[config_class]
+    except KeyError:
+        pass
+    try:
+        causal_lm = AutoModelForCausalLM._model_mapping[config_class]
+    except KeyError:
+        raise ValueError(
+            f"{config_class.model_type}: neither a sequence classifier nor a causal LM in transformers; "
+            "a reward model needs one of them"
+        ) from None
+    base = next(b for b in causal_lm.__mro__[1:] if issubclass(b, PreTrainedModel))
+    name = causal_lm.__name__.removesuffix("ForCausalLM") + "ForSequenceClassification"
+    # The checkpoint's backbone weights live under the architecture's own prefix (`model.`, `transformer.`, ...).
+    return type(name, (GenericForSequenceClassification, base), {"base_model_prefix": base.base_model_prefix})
+
+
+def load_classifier(path: str, *, pad_token_id: int | None = None, **kwargs: Any) -> PreTrainedModel:
+    """`from_pretrained` of a scalar (num_labels=1) classifier from a causal-LM or classifier checkpoint.
+
+    A causal-LM checkpoint has no `score` head yet (initialised fresh: expected); any other missing weight means
+    the backbone did not load, which is an error rather than a silently random model.
+    """
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    path = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(
+        path,
+        revision=kwargs.get("revision", "main"),
+        trust_remote_code=kwargs.get("trust_remote_code", False),
+    )
+    config.num_labels = 1
+    cls = sequence_classifier_class(config)
+    with suppress_seqcls_warning():
+        model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    missing = [k for k in info["missing_keys"] if not k.startswith("score.")]
+    if missing:
+        raise ValueError(f"{path}: {cls.__name__} found no weights for {missing[:3]} in the checkpoint")
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
 def load_sequence_classifier(
     model_config: ModelConfig,
     *,
@@ -156,23 +213,6 @@ def load_sequence_classifier(
         **model_kwargs(model_config, trust_remote_code=trust_remote_code),
     )
     return _prepare_if_quantized(model, model_config, gradient_checkpointing)
-
-
-def load_classifier(name_or_path: str, *, pad_token_id: int | None = None, **kwargs: Any) -> PreTrainedModel:
-    """A scalar-output (num_labels=1) sequence classifier; `kwargs` go to `from_pretrained`.
-
-    A causal-LM checkpoint has no `score` head yet: that is expected (the head starts untrained), not warned about.
-    `pad_token_id` is set on the config because the classifier pools the last non-pad token of each row.
-    """
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    with suppress_seqcls_warning():
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(name_or_path), num_labels=1, **kwargs
-        )
-    if pad_token_id is not None:
-        model.config.pad_token_id = pad_token_id
-    return model
 
 
 # -------------------------------------------------------------------------------------------- adapter dirs

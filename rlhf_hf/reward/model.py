@@ -67,6 +67,26 @@ def pad_right(
     }
 
 
+def pooled_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Per row, the position a reward is read at: the rightmost token that is not pad.
+
+    This is the rule of transformers' sequence classifiers (`GenericForSequenceClassification`), which the RM
+    stage trains and scores with; PPO reads its reward head at the same position of the same tokens. With
+    pad == eos a final eos counts as padding, so the reward sits on the token before it.
+    """
+    positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    return (positions * (input_ids != pad_token_id)).argmax(-1)
+
+
+def conversation_batch(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Text], responses: Sequence[Text]
+) -> dict[str, torch.Tensor]:
+    """Right-padded reward-model input for (prompt, response) pairs: the tokens the RM stage trains and scores."""
+    return pad_right(
+        [encode(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)], tokenizer.pad_token_id
+    )
+
+
 @torch.no_grad()
 def score_ids(
     model: PreTrainedModel, sequences: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 64
