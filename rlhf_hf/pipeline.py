@@ -199,7 +199,7 @@ class RLHFPipeline:
         with self._stage_output("evaluation"):
             summary = evaluate_run(cfg, run, sft_model, judge=self.judge, category=self.category)
         accuracy = summary.get("rm_gold_pair_accuracy")
-        headline = f"{summary['prompts']} held-out prompts" + (
+        headline = f"{summary.get('prompts', 0)} held-out prompts" + (
             "" if accuracy is None else f", RM gold-pair acc. {accuracy:.2f}"
         )
         self.timings.append(("evaluation", time.time() - eval_start, headline))

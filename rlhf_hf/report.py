@@ -61,7 +61,9 @@ def evaluate_run(
     sft = load_pretrained(sft_model)
     policies = {"sft": sft} | {n: load_pretrained(p) for n, p in _policy_dirs(run, cfg.rounds).items()}
     last = list(policies)[-1]
-    reward = load_reward_model(run / f"round_{cfg.rounds}" / "reward")
+    rm_dir = run / f"round_{cfg.rounds}" / "reward"
+    # a preference dataset in the reward section trains one RM, in round 1, for every round
+    reward = load_reward_model(rm_dir if rm_dir.exists() else run / "round_1" / "reward")
     prompts = gold_prompts(cfg.eval_prompts, task) if task is not None else held_out_prompts(cfg)
     kwargs = dict(temperature=cfg.sample_temperature, max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed)
     table = evaluate_policies(

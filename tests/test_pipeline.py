@@ -149,7 +149,7 @@ def test_reward_section_dataset_trains_the_rm_instead_of_sampling(tmp_path, monk
     monkeypatch.setattr(
         RLHFPipeline, "comparisons", lambda *a: pytest.fail("sampled despite a reward dataset")
     )
-    monkeypatch.setattr("rlhf_hf.pipeline.evaluate_run", lambda *a: {"win_rate_vs_sft_rm": 0.5})
+    monkeypatch.setattr("rlhf_hf.pipeline.evaluate_run", lambda *a, **k: {"prompts": 0})
     monkeypatch.setattr(RLHFPipeline, "print_summary", lambda self, summary: None)
     config = _config(tmp_path, rounds=2)
     config.sft.update(dataset_name=str(fixtures / "oasst1.jsonl"), dataset_format="oasst1")
