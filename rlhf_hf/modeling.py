@@ -22,7 +22,7 @@ from transformers import (
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config, get_quantization_config
 
-from .tiny.model import TINY_MODEL_ID, get_tiny_base
+from .tiny.model import TINY_BASES, get_tiny_base
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|e
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the embedded default's id to its cached local dir; anything else is passed to `from_pretrained`."""
-    return str(get_tiny_base()) if name_or_path == TINY_MODEL_ID else name_or_path
+    """Map an embedded base's id to its cached local dir; anything else is passed to `from_pretrained`."""
+    return str(get_tiny_base(name_or_path)) if name_or_path in TINY_BASES else name_or_path
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

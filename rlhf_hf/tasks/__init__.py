@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import Judge, Prompt, SimulatedLabeller, Task, last_user_turn
+from .base import Judge, Prompt, SimulatedLabeller, Task, last_user_turn, user_turns
 
 # name -> factory; factories import lazily so `import rlhf_hf.tasks` stays cheap.
 _REGISTRY: dict[str, Callable[[], Task]] = {}
@@ -27,6 +27,14 @@ def get_task(name: str | None) -> Task | None:
     return _REGISTRY[name]()
 
 
+def _chat_task() -> Task:
+    from .chat import ChatTask
+
+    return ChatTask()
+
+
+register_task("tiny-chat", _chat_task)
+
 __all__ = [
     "Judge",
     "Prompt",
@@ -36,4 +44,5 @@ __all__ = [
     "last_user_turn",
     "register_task",
     "task_names",
+    "user_turns",
 ]
