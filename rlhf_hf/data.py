@@ -20,32 +20,37 @@ logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
-# Embedded datasets of the tiny sorting task: name -> (builder, rows per split). Seeds differ per split, so the
-# test split holds prompts never seen in training.
+# Embedded datasets: name -> (task name, None for the sorting default; kind; rows per split). Seeds differ per
+# split, so the test split holds prompts never seen in training.
 EMBEDDED = {
-    "rlhf-hf/tiny-sort-sft": ("sft", {"train": 2000, "test": 200}),
-    "rlhf-hf/tiny-sort-prompts": ("prompts", {"train": 2000, "test": 200}),
-    "rlhf-hf/tiny-sort-corpus": ("corpus", {"train": 5000, "test": 200}),
+    "rlhf-hf/tiny-sort-sft": (None, "sft", {"train": 2000, "test": 200}),
+    "rlhf-hf/tiny-sort-prompts": (None, "prompts", {"train": 2000, "test": 200}),
+    "rlhf-hf/tiny-sort-corpus": (None, "corpus", {"train": 5000, "test": 200}),
+    "rlhf-hf/tiny-chat-sft": ("tiny-chat", "sft", {"train": 4000, "test": 200}),
+    "rlhf-hf/tiny-chat-prompts": ("tiny-chat", "prompts", {"train": 2000, "test": 200}),
+    "rlhf-hf/tiny-chat-corpus": ("tiny-chat", "corpus", {"train": 5000, "test": 200}),
 }
 SPLIT_SEEDS = {"train": 1, "test": 2}
 
 
 def embedded_dataset(name: str, split: str) -> Dataset:
-    kind, sizes = EMBEDDED[name]
+    from .generation import as_messages
+    from .tasks import get_task
+
+    task_name, kind, sizes = EMBEDDED[name]
+    task = get_task(task_name) if task_name else DEFAULT_TASK
     n, seed = sizes[split], SPLIT_SEEDS[split] + 100 * list(EMBEDDED).index(name)
     if kind == "sft":
-        return Dataset.from_list(DEFAULT_TASK.sft_rows(n, seed))
+        return Dataset.from_list(task.demonstrations(n, seed) if task_name else task.sft_rows(n, seed))
     if kind == "prompts":
-        return Dataset.from_dict(
-            {"prompt": [[{"role": "user", "content": p}] for p in DEFAULT_TASK.prompts(n, seed)]}
-        )
-    return Dataset.from_dict({"text": DEFAULT_TASK.corpus(n, seed)})
+        return Dataset.from_dict({"prompt": [as_messages(p) for p in task.prompts(n, seed)]})
+    return Dataset.from_dict({"text": task.corpus(n, seed)})
 
 
 def load_split(name: str, split: str, config: str | None = None) -> Dataset | None:
     """One split of a dataset; `None` if the dataset has no such split (the caller may then hold data out)."""
     if name in EMBEDDED:
-        return embedded_dataset(name, split) if split in EMBEDDED[name][1] else None
+        return embedded_dataset(name, split) if split in EMBEDDED[name][2] else None
     path = Path(name)
     if path.is_file():
         if path.suffix not in FILE_BUILDERS:
