@@ -118,6 +118,13 @@ def test_bad_prompts_are_named():
         TASK.score(convo("sort my numbers 3 1 2", "1 2 3", "reverse"), "3 2 1")
 
 
+def test_bad_settings_are_all_named_at_once():
+    with pytest.raises(ValueError) as error:
+        ChatTask(mix=(("sort", 1.0), ("chitchat", 1.0)), slip_rate=1.5, max_items=12, follow_up_turns=(1,))
+    for part in ("unknown category 'chitchat'", "slip_rate = 1.5", "max_items <= 9, got 3, 12", "(1,)"):
+        assert part in str(error.value)
+
+
 # ---------------------------------------------------------------------------------------------- the labeller
 def test_noiseless_labeller_ranks_by_the_judge_with_ties():
     prompt = convo("sort my numbers 3 1 2", "1 2 3", "now reverse it")

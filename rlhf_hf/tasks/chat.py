@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .base import Prompt, Task, user_turns
 
@@ -177,18 +177,33 @@ class ChatTask(Task):
     slip_rate: float = 0.03
     corpus_error_rate: float = 0.05
     follow_up_turns: tuple[int, ...] = (2, 3)  # user turns in a follow-up conversation, drawn uniformly
-    # How often each category is drawn (normalised).
-    mix: tuple[tuple[str, float], ...] = field(
-        default=(
-            ("sort", 0.12),
-            ("reverse", 0.12),
-            ("count", 0.12),
-            ("dedup", 0.12),
-            ("follow-up", 0.22),
-            ("refuse", 0.15),
-            ("look-alike", 0.15),
-        )
+    # How often each category (`CATEGORIES`) is drawn (normalised).
+    mix: tuple[tuple[str, float], ...] = (
+        ("sort", 0.12),
+        ("reverse", 0.12),
+        ("count", 0.12),
+        ("dedup", 0.12),
+        ("follow-up", 0.22),
+        ("refuse", 0.15),
+        ("look-alike", 0.15),
     )
+
+    def __post_init__(self) -> None:
+        errors = [
+            f"mix: unknown category {c!r} (known: {', '.join(CATEGORIES)})"
+            for c, _ in self.mix
+            if c not in CATEGORIES
+        ]
+        rates = ("long_error_rate", "over_refusal_rate", "under_refusal_rate", "ignore_context_rate")
+        for rate in (*rates, "slip_rate", "corpus_error_rate"):
+            if not 0 <= getattr(self, rate) <= 1:
+                errors.append(f"{rate} = {getattr(self, rate)} is not in [0, 1]")
+        if not 1 <= self.min_items <= self.max_items <= len(DIGITS) - 1:  # counts must be one digit
+            errors.append(f"need 1 <= min_items <= max_items <= 9, got {self.min_items}, {self.max_items}")
+        if not self.follow_up_turns or min(self.follow_up_turns) < 2:
+            errors.append(f"follow_up_turns = {self.follow_up_turns}: a follow-up has 2 or more user turns")
+        if errors:
+            raise ValueError("ChatTask: " + "; ".join(errors))
 
     # ---------------------------------------------------------------- conversation scripts
     def _items(self, rng: random.Random) -> list[str]:
