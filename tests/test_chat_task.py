@@ -52,6 +52,22 @@ def test_registered_and_every_word_is_in_the_vocabulary():
     assert all(tokenizer.unk_token_id not in tokenizer(t)["input_ids"] for t in texts)
 
 
+def test_the_chat_base_is_its_own_cached_model_over_the_tasks_vocabulary():
+    from rlhf_hf.modeling import resolve_model_path
+    from rlhf_hf.tiny.model import TINY_BASES, base_tokenizer, get_tiny_base, tiny_base_dir
+
+    base = TINY_BASES["rlhf-hf/tiny-chat"]
+    tokenizer = base_tokenizer(base)
+    assert set(TASK.vocabulary()) <= set(tokenizer.get_vocab())
+    assert tokenizer.model_max_length == base.config["max_position_embeddings"]
+    n = sum(p.numel() for p in build_tiny_model(tokenizer, config=base.config).parameters())
+    assert 1_000_000 <= n <= 10_000_000
+    assert tiny_base_dir("rlhf-hf/tiny-chat") != tiny_base_dir("rlhf-hf/tiny")
+    with pytest.raises(ValueError, match="unknown embedded base 'rlhf-hf/tiny-x'"):
+        get_tiny_base("rlhf-hf/tiny-x")
+    assert resolve_model_path("some/other-model") == "some/other-model"
+
+
 # ---------------------------------------------------------------------------------------------- the judge
 # (prompt, answer, score): hand cases per category. list_score = 0.5 F1 + 0.5 LCS / longer length.
 JUDGE_CASES = [
