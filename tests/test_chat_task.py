@@ -277,7 +277,12 @@ def test_multi_turn_sft_trains_on_every_assistant_turn_and_no_user_turn(tmp_path
     messages = convo("sort my numbers 3 1 3", "1 3 3", "now remove repeats", "1 3", "then reverse it", "3 1")
     assert [m["role"] for m in messages] == ["user", "assistant"] * 3
     args = SFTConfig(
-        output_dir=str(tmp_path), assistant_only_loss=True, report_to=[], use_cpu=True, max_length=128
+        output_dir=str(tmp_path),
+        assistant_only_loss=True,
+        report_to=[],
+        use_cpu=True,
+        max_length=128,
+        activation_checkpointing=False,  # (TRL defaults the old name to True)
     )
     trainer = SFTTrainer(
         model=build_tiny_model(tokenizer, config=CHAT_CONFIG),
