@@ -104,14 +104,16 @@ def _pipeline(args: list[str]) -> int:
 
 
 def _eval(args: list[str]) -> int:
-    from .pipeline import PipelineConfig, RLHFPipeline
+    from pathlib import Path
+
+    from .pipeline import PipelineConfig
     from .report import evaluate_run, print_table
 
     parser = argparse.ArgumentParser("rlhf-hf eval")
     parser.add_argument("--run", required=True, help="a pipeline run dir (holds pipeline.yaml)")
     ns = parser.parse_args(args)
-    pipeline = RLHFPipeline(PipelineConfig.from_yaml(f"{ns.run}/pipeline.yaml", run_dir=ns.run))
-    summary = evaluate_run(pipeline, str((pipeline.run_dir / "sft" / "merged").resolve()))
+    config = PipelineConfig.from_yaml(f"{ns.run}/pipeline.yaml", run_dir=ns.run)
+    summary = evaluate_run(config, ns.run, str((Path(ns.run) / "sft" / "merged").resolve()))
     print_table(summary["policies"])
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict | list)}, indent=2))
     return 0
@@ -134,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(*rest[:1], force=True, quiet=True)
         return 0
     if command == "pretrain-tiny":
-        from .tiny.model import get_tiny_base
+        from .tasks import TINY_MODEL_ID, embedded_model_path
 
-        print(get_tiny_base(rebuild="--rebuild" in rest))
+        print(embedded_model_path(TINY_MODEL_ID, rebuild="--rebuild" in rest))
         return 0
     table = recipes()
     if command not in table:

@@ -8,30 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from .generation import encode_prompts, generate
-from .modeling import load_tokenizer, resolve_dtype, resolve_model_path
+from .generation import encode_prompts, generate, generate_ids, sampling_config
+from .modeling import load_for_inference
 
 HELP = "commands: /reset (forget the conversation), /exit (quit)"
-
-
-def load_for_inference(
-    path: str, dtype: str | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A merged model dir, or a LoRA adapter dir (loaded onto its base), ready for generation."""
-    path = resolve_model_path(path)
-    kwargs = {"dtype": resolve_dtype(dtype)} if dtype else {}
-    if (Path(path) / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return model.eval(), load_tokenizer(path)
 
 
 def chat(
@@ -64,16 +46,10 @@ def chat(
             continue
         history.append({"role": "user", "content": line})
         batch = encode_prompts(tokenizer, [history]).to(model.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {}
-        with torch.no_grad():
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                streamer=streamer,
-                **({"do_sample": False} | sampling),
-            )
+        config = sampling_config(
+            tokenizer, max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature
+        )
+        out = generate_ids(model, batch["input_ids"], batch["attention_mask"], config, streamer=streamer)
         reply = tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
         history.append({"role": "assistant", "content": reply})
 

@@ -22,9 +22,10 @@ from rlhf_hf.tasks.chat import (
     render,
     solve,
 )
-from rlhf_hf.tiny.model import CHAT_CONFIG, build_tiny_model, build_tokenizer
+from rlhf_hf.tasks.tiny.model import base_settings, build_tiny_model, build_tokenizer
 
 TASK = ChatTask()
+CHAT_CONFIG = base_settings(TASK)[0]
 
 
 def convo(*turns: str) -> list[dict]:
@@ -53,19 +54,16 @@ def test_registered_and_every_word_is_in_the_vocabulary():
 
 
 def test_the_chat_base_is_its_own_cached_model_over_the_tasks_vocabulary():
-    from rlhf_hf.modeling import resolve_model_path
-    from rlhf_hf.tiny.model import TINY_BASES, base_tokenizer, get_tiny_base, tiny_base_dir
+    from rlhf_hf.tasks import TINY_CHAT_MODEL_ID, embedded_model_is_built
+    from rlhf_hf.tasks.tiny.model import tiny_base_dir
 
-    base = TINY_BASES["rlhf-hf/tiny-chat"]
-    tokenizer = base_tokenizer(base)
+    tokenizer = build_tokenizer(TASK)
     assert set(TASK.vocabulary()) <= set(tokenizer.get_vocab())
-    assert tokenizer.model_max_length == base.config["max_position_embeddings"]
-    n = sum(p.numel() for p in build_tiny_model(tokenizer, config=base.config).parameters())
+    assert tokenizer.model_max_length == CHAT_CONFIG["max_position_embeddings"] == 256  # three-turn chats fit
+    n = sum(p.numel() for p in build_tiny_model(tokenizer, config=CHAT_CONFIG).parameters())
     assert 1_000_000 <= n <= 10_000_000
-    assert tiny_base_dir("rlhf-hf/tiny-chat") != tiny_base_dir("rlhf-hf/tiny")
-    with pytest.raises(ValueError, match="unknown embedded base 'rlhf-hf/tiny-x'"):
-        get_tiny_base("rlhf-hf/tiny-x")
-    assert resolve_model_path("some/other-model") == "some/other-model"
+    assert tiny_base_dir(TASK) != tiny_base_dir()  # its own cache entry, beside the sorting base
+    assert embedded_model_is_built(TINY_CHAT_MODEL_ID) == (tiny_base_dir(TASK) / "config.json").exists()
 
 
 # ---------------------------------------------------------------------------------------------- the judge
@@ -273,7 +271,7 @@ def test_multi_turn_sft_trains_on_every_assistant_turn_and_no_user_turn(tmp_path
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = build_tokenizer(TASK, max_length=CHAT_CONFIG["max_position_embeddings"])
+    tokenizer = build_tokenizer(TASK)
     messages = convo("sort my numbers 3 1 3", "1 3 3", "now remove repeats", "1 3", "then reverse it", "3 1")
     assert [m["role"] for m in messages] == ["user", "assistant"] * 3
     args = SFTConfig(
@@ -301,7 +299,7 @@ def test_multi_turn_sft_trains_on_every_assistant_turn_and_no_user_turn(tmp_path
 # ---------------------------------------------------------------------------------------------- comparisons
 @pytest.fixture(scope="module")
 def random_chat_policy():
-    tokenizer = build_tokenizer(TASK, max_length=CHAT_CONFIG["max_position_embeddings"])
+    tokenizer = build_tokenizer(TASK)
     return build_tiny_model(tokenizer, seed=3, config=CHAT_CONFIG).eval(), tokenizer
 
 
@@ -336,3 +334,35 @@ def test_comparison_prompts_feed_the_one_sampler_and_the_labeller(random_chat_po
     for row in rows:
         scores = [TASK.score(row["prompt"], r) for r in row["responses"]]
         assert row["ranks"] == [sorted(set(scores), reverse=True).index(s) + 1 for s in scores]
+
+
+# ---------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+def test_chat_stage_configs_name_the_chat_task_and_its_data(stage):
+    from pathlib import Path
+
+    from rlhf_hf import PPORecipe, RewardRecipe, SFTRecipe
+
+    cls = {"sft": SFTRecipe, "reward": RewardRecipe, "ppo": PPORecipe}[stage]
+    cfg = cls.from_yaml(
+        Path(__file__).resolve().parents[1] / "recipes" / "configs" / f"{stage}_chat.yaml"
+    ).config
+    assert cfg.task == "tiny-chat" and cfg.dataset_name.startswith("rlhf-hf/tiny-chat-")
+    if stage == "ppo":
+        assert cfg.ptx_dataset_name == "rlhf-hf/tiny-chat-corpus"
+
+
+def test_chat_pipeline_config_runs_the_chat_stages():
+    from pathlib import Path
+
+    from rlhf_hf.pipeline_config import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(
+        Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pipeline_chat.yaml"
+    )
+    assert cfg.task == "tiny-chat" and cfg.prompts_dataset == "rlhf-hf/tiny-chat-prompts"
+    assert [cfg.sft["config"], cfg.reward["config"], cfg.ppo["config"]] == [
+        "sft_chat.yaml",
+        "reward_chat.yaml",
+        "ppo_chat.yaml",
+    ]

@@ -1,9 +1,9 @@
-"""The embedded default models: a tiny Llama, a word-level tokenizer built in code from a task's vocabulary, and a
-cached pretraining run on the task's corpus.
+"""The embedded default model: a tiny Llama, a word-level tokenizer built in code, and a cached pretraining run.
 
-Everything here is deterministic and offline, so tests, the demo and notebooks need no Hub access. The model ids
-in `TINY_BASES` (`rlhf-hf/tiny` for the sorting task, `rlhf-hf/tiny-chat` for the chat task) resolve to the
-pretrained base in a local cache directory, built on first use (~30 s / ~? s on CPU).
+Everything here is deterministic and offline, so tests, the demo and notebooks need no Hub access. The model id
+`rlhf-hf/tiny` resolves to the pretrained base in a local cache directory, built on first use (~30 s on CPU).
+Every builder takes the `Task` whose vocabulary the tokenizer covers and whose corpus the base is pretrained on
+(default: the sort task), so another task gets its own tiny base with no change here.
 """
 
 from __future__ import annotations
@@ -14,23 +14,17 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .task import CORPUS_WORDS, DEFAULT_TASK, DIGITS, INSTRUCTIONS
-
-if TYPE_CHECKING:
-    from ..tasks.base import Task
+from ..base import Task
+from ..tiny_sort import DEFAULT_TASK
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL_ID = "rlhf-hf/tiny"
-TINY_CHAT_MODEL_ID = "rlhf-hf/tiny-chat"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Extra plain words so the tokenizer can encode short free text (system prompts, notebooks) without <unk> spam.
 EXTRA_WORDS = [
@@ -73,40 +67,22 @@ TINY_CONFIG = dict(
     tie_word_embeddings=True,
 )
 PRETRAIN_SETTINGS = dict(n_lines=20000, steps=400, batch_size=64, lr=3e-3, seed=0)
-# The chat task: longer, multi-turn sequences and more to learn; sized so pretraining stays ~1 min on 2 cores.
-CHAT_CONFIG = {**TINY_CONFIG, "max_position_embeddings": 256}
-CHAT_PRETRAIN_SETTINGS = dict(n_lines=20000, steps=400, batch_size=64, lr=3e-3, seed=0)
-
-
-@dataclass(frozen=True)
-class TinyBase:
-    """What determines an embedded base: the task whose vocabulary and corpus it is built on, its size, and how
-    long it is pretrained."""
-
-    task_name: str | None  # None: the digit-sorting default (rlhf_hf.tiny.task)
-    config: dict
-    pretrain: dict
-
-    def task(self) -> Task | None:
-        from ..tasks import get_task
-
-        return get_task(self.task_name)
-
-
-TINY_BASES = {
-    TINY_MODEL_ID: TinyBase(None, TINY_CONFIG, PRETRAIN_SETTINGS),
-    TINY_CHAT_MODEL_ID: TinyBase("tiny-chat", CHAT_CONFIG, CHAT_PRETRAIN_SETTINGS),
+# Per task (by name): the base's size and pretraining, where they differ from the sorting base's. The chat task's
+# conversations are longer (up to ~60 tokens with three turns): a longer context, the same size; its pretraining
+# costs ~2x the sorting base's (longer lines), measured.
+BASE_SETTINGS: dict[str, tuple[dict, dict]] = {
+    "tiny-chat": ({**TINY_CONFIG, "max_position_embeddings": 256}, PRETRAIN_SETTINGS),
 }
 
 
-def task_words(task: Task | None = None) -> list[str]:
-    return list(task.vocabulary()) if task is not None else DIGITS + INSTRUCTIONS + CORPUS_WORDS
+def base_settings(task: Task) -> tuple[dict, dict]:
+    """(model config, pretraining settings) of `task`'s tiny base."""
+    return BASE_SETTINGS.get(task.name, (TINY_CONFIG, PRETRAIN_SETTINGS))
 
 
-def build_tokenizer(task: Task | None = None, max_length: int | None = None) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over a task's closed vocabulary (default: the sorting task's), with a chat
-    template; rebuilt identically."""
-    vocab_list = SPECIAL_TOKENS + task_words(task) + EXTRA_WORDS
+def build_tokenizer(task: Task = DEFAULT_TASK) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the task's closed vocabulary, with a chat template; rebuilt identically."""
+    vocab_list = SPECIAL_TOKENS + task.vocabulary() + EXTRA_WORDS
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -119,7 +95,7 @@ def build_tokenizer(task: Task | None = None, max_length: int | None = None) -> 
         unk_token="<unk>",
         additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
         padding_side="left",
-        model_max_length=max_length or TINY_CONFIG["max_position_embeddings"],
+        model_max_length=base_settings(task)[0]["max_position_embeddings"],
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -129,7 +105,7 @@ def build_tiny_model(
     tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0, config: dict | None = None
 ) -> LlamaForCausalLM:
     """A randomly initialised tiny Llama matching `tokenizer` (default `build_tokenizer()`), of size `config`
-    (default `TINY_CONFIG`)."""
+    (default `TINY_CONFIG`; a task's is `base_settings(task)[0]`)."""
     tokenizer = tokenizer or build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -150,38 +126,34 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RLHF_HF_CACHE", Path.home() / ".cache" / "rlhf_hf"))
 
 
-def base_tokenizer(base: TinyBase) -> PreTrainedTokenizerFast:
-    return build_tokenizer(base.task(), max_length=base.config["max_position_embeddings"])
-
-
-def _fingerprint(model_id: str = TINY_MODEL_ID) -> str:
+def _fingerprint(task: Task) -> str:
     """Changes whenever anything that determines the pretrained weights changes, so stale caches are rebuilt."""
-    base = TINY_BASES[model_id]
-    spec = {
-        "config": base.config,
-        "pretrain": base.pretrain,
-        "vocab": base_tokenizer(base).get_vocab(),
-        "task": repr(base.task() or DEFAULT_TASK),
-        "template": CHAT_TEMPLATE,
-    }
-    if base.task_name is not None:  # the sorting base keeps the fingerprint (and cache) it always had
-        spec["model_max_length"] = base.config["max_position_embeddings"]
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    config, pretrain = base_settings(task)
+    spec = json.dumps(
+        {
+            "config": config,
+            "pretrain": pretrain,
+            "vocab": build_tokenizer(task).get_vocab(),
+            "task": repr(task),
+            "template": CHAT_TEMPLATE,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def pretrain_tiny_base(output_dir: str | Path, model_id: str = TINY_MODEL_ID) -> Path:
-    """Plain next-token training of the tiny Llama on its task's corpus; saves model + tokenizer to `output_dir`.
+def pretrain_tiny_base(output_dir: str | Path, task: Task = DEFAULT_TASK) -> Path:
+    """Plain next-token training of the tiny Llama on the task corpus; saves model + tokenizer to `output_dir`.
 
     Uses `transformers.Trainer` so the run looks like any other HF pretraining job.
     """
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    base = TINY_BASES[model_id]
-    settings = base.pretrain  # part of the cache fingerprint: change them there, not per call
-    tokenizer = base_tokenizer(base)
-    model = build_tiny_model(tokenizer, seed=settings["seed"], config=base.config)
-    lines = (base.task() or DEFAULT_TASK).corpus(settings["n_lines"], seed=settings["seed"])
+    config, settings = base_settings(task)  # part of the cache fingerprint: change them there, not per call
+    tokenizer = build_tokenizer(task)
+    model = build_tiny_model(tokenizer, seed=settings["seed"], config=config)
+    lines = task.corpus(settings["n_lines"], seed=settings["seed"])
     data = Dataset.from_dict({"text": lines}).map(
         lambda b: tokenizer([tokenizer.bos_token + " " + t + " " + tokenizer.eos_token for t in b["text"]]),
         batched=True,
@@ -219,25 +191,21 @@ def pretrain_tiny_base(output_dir: str | Path, model_id: str = TINY_MODEL_ID) ->
     return output_dir
 
 
-def tiny_base_dir(model_id: str = TINY_MODEL_ID) -> Path:
-    """Where the tiny base `model_id` with today's settings is (or will be) cached."""
-    prefix = "tiny-base" if model_id == TINY_MODEL_ID else model_id.split("/")[-1] + "-base"
-    return cache_dir() / f"{prefix}-{_fingerprint(model_id)}"
+def tiny_base_dir(task: Task = DEFAULT_TASK) -> Path:
+    """Where the tiny base with today's settings is (or will be) cached."""
+    return cache_dir() / f"tiny-base-{_fingerprint(task)}"
 
 
-def get_tiny_base(model_id: str = TINY_MODEL_ID, *, rebuild: bool = False) -> Path:
-    """Path of the pretrained tiny base `model_id` (a key of `TINY_BASES`), trained once and cached (atomically:
-    a crash leaves no half-written dir)."""
-    if model_id not in TINY_BASES:
-        raise ValueError(f"unknown embedded base {model_id!r}; known: {', '.join(TINY_BASES)}")
-    target = tiny_base_dir(model_id)
+def get_tiny_base(task: Task = DEFAULT_TASK, *, rebuild: bool = False) -> Path:
+    """Path of the pretrained tiny base, trained once and cached (atomically: a crash leaves no half-written dir)."""
+    target = tiny_base_dir(task)
     if (target / "config.json").exists() and not rebuild:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("Pretraining the tiny base model into %s (once; cached afterwards)", target)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-base-", dir=target.parent))
     try:
-        pretrain_tiny_base(staging, model_id)
+        pretrain_tiny_base(staging, task)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
