@@ -53,6 +53,11 @@ class RLHFPipeline:
         self.run_dir = Path(config.run_dir)
         if config.labeller not in ("simulated", "human") and labeller is None:
             raise ValueError(f"labeller must be 'simulated' or 'human', got {config.labeller!r}")
+        if "dataset_format" in config.reward and "dataset_name" not in config.reward:
+            raise ValueError(
+                "pipeline config: reward.dataset_format describes reward.dataset_name (a preference dataset to "
+                "train the reward model on instead of sampled and ranked answers); set both or neither"
+            )
         self.task = get_task(config.task)
         if labeller is None and config.labeller == "simulated":
             if self.task is None:
@@ -135,26 +140,36 @@ class RLHFPipeline:
 
         policy_model, policy_adapter = sft_model, None
         comparisons: list[dict] = []
+        # A preference dataset in the reward section (Hub id or file, with its `dataset_format`) replaces sampling +
+        # ranking: round 1's reward model is trained on it and serves every round.
+        fixed_data = cfg.reward.get("dataset_name")
         for r in range(1, cfg.rounds + 1):
             round_dir = run / f"round_{r}"
             round_dir.mkdir(exist_ok=True)
-            comparisons += self.comparisons(round_dir, policy_model, r)
-            data_file = round_dir / "reward_data.jsonl"
-            data_file.write_text("".join(json.dumps(row) + "\n" for row in comparisons))
             rm_dir = round_dir / "reward"
-            self._run_stage(
-                f"{r}. reward model",
-                rm_dir,
-                build=functools.partial(
-                    self._stage,
-                    RewardRecipe,
-                    cfg.reward,
-                    model_name_or_path=sft_model,
-                    dataset_name=str(data_file),
-                    output_dir=str(rm_dir),
-                    labeller=None,
-                ),
-            )
+            if fixed_data is None:
+                comparisons += self.comparisons(round_dir, policy_model, r)
+                data_file = round_dir / "reward_data.jsonl"
+                data_file.write_text("".join(json.dumps(row) + "\n" for row in comparisons))
+                data = {"dataset_name": str(data_file), "dataset_format": "ranked"}
+            else:
+                data = {"dataset_name": fixed_data}
+            if fixed_data is None or r == 1:
+                self._run_stage(
+                    f"{r}. reward model",
+                    rm_dir,
+                    build=functools.partial(
+                        self._stage,
+                        RewardRecipe,
+                        cfg.reward,
+                        model_name_or_path=sft_model,
+                        output_dir=str(rm_dir),
+                        labeller=None,
+                        **data,
+                    ),
+                )
+            else:
+                rm_dir = run / "round_1" / "reward"
             ppo_dir = round_dir / "ppo"
             fixed = {
                 "model_name_or_path": sft_model,
