@@ -5,9 +5,12 @@ Everything goes through `from_pretrained` on a Hub id or a local dir; `rlhf-hf/t
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,8 +47,68 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|e
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the embedded default's id to its cached local dir; anything else is passed to `from_pretrained`."""
-    return str(get_tiny_base()) if name_or_path == TINY_MODEL_ID else name_or_path
+    """The embedded default's id -> its cached local dir; a local dir as it is; a Hub id passed on.
+
+    A path that is clearly local (`./x`, `/x`, `~/x`, `a/b/c`, or `a/b` whose `a` is a local dir) but does not
+    exist is a `FileNotFoundError` naming it, instead of the Hub client's "couldn't connect" or "Repo id must be
+    in the form" about a string that was never meant as a repo id.
+    """
+    if name_or_path == TINY_MODEL_ID:
+        return str(get_tiny_base())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    text = str(name_or_path)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or Path(text.split("/")[0]).is_dir()
+    if looks_local:
+        raise FileNotFoundError(f"Model path {name_or_path} does not exist (no such local file or directory)")
+    return name_or_path
+
+
+@dataclass
+class InferenceModel:
+    """What to load for generation from a dir we wrote: the model (or LoRA adapter) and its tokenizer."""
+
+    model: str  # a model dir / Hub id, or the adapter dir when `base` is set
+    tokenizer: str
+    base: str | None = None  # the adapter's base model (resolved)
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer_config.json").is_file()
+
+
+def resolve_inference_model(name_or_path: str) -> InferenceModel:
+    """Accept every model dir a run of ours writes: a model dir (`sft/merged`), an adapter dir (`ppo/policy`,
+    `sft`), or a stage dir holding one (`ppo` -> `ppo/merged`, else `ppo/policy`), plus Hub ids.
+
+    An adapter resolves its base from `adapter_config.json` and its tokenizer from the adapter dir, the stage dir
+    above it (PPO writes the tokenizer next to `policy/`) or the base. Errors name the missing file.
+    """
+    resolved = resolve_model_path(name_or_path)
+    root = Path(resolved)
+    if not root.is_dir():  # a Hub id
+        return InferenceModel(resolved, resolved)
+    for candidate in (root, root / "merged", root / "policy"):
+        if (candidate / "config.json").is_file():
+            return InferenceModel(str(candidate), str(candidate if _has_tokenizer(candidate) else root))
+        adapter_config = candidate / "adapter_config.json"
+        if adapter_config.is_file():
+            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+            if not base:
+                raise ValueError(f"{adapter_config} names no base model (`base_model_name_or_path`)")
+            try:
+                base = resolve_model_path(base)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"The base model of adapter {candidate} ({base}, from {adapter_config}) does not exist"
+                ) from None
+            tokenizer = next((str(d) for d in (candidate, candidate.parent) if _has_tokenizer(d)), base)
+            return InferenceModel(str(candidate), tokenizer, base)
+    raise FileNotFoundError(
+        f"{name_or_path} holds no model: expected config.json (a model dir), adapter_config.json (a LoRA adapter "
+        "dir) or a `merged/` or `policy/` subdir (a stage's output dir)"
+    )
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -27,6 +27,7 @@ import yaml
 from transformers.utils import logging as hf_logging
 
 from .data import load_split
+from .outputs import claim_run_dir
 from .ppo import PPORecipe
 from .recipe import Recipe, RecipeResult
 from .reward.collect import export_for_ranking, import_ranked
@@ -150,7 +151,7 @@ class RLHFPipeline:
     def run(self) -> dict[str, Any]:
         cfg, run = self.config, self.run_dir
         start = time.time()
-        run.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(run, "pipeline run")
         (run / "pipeline.yaml").write_text(
             yaml.safe_dump(_jsonable(dataclasses.asdict(cfg)), sort_keys=False)
         )
@@ -212,6 +213,24 @@ class RLHFPipeline:
         (run / "summary.json").write_text(json.dumps(summary, indent=2))
         self.print_summary(summary)
         return summary
+
+    def stage_dirs(self) -> list[tuple[str, Path]]:
+        """(stage name, output dir) of every training stage, in the order they run."""
+        stages = [("1. SFT", self.run_dir / "sft")]
+        for r in range(1, self.config.rounds + 1):
+            stages += [(f"{r}. reward model", self.run_dir / f"round_{r}" / "reward")]
+            stages += [(f"{r}. PPO", self.run_dir / f"round_{r}" / "ppo")]
+        return stages
+
+    def check_finished(self) -> None:
+        """Before evaluating a run from its directory: every stage has finished, or the first that has not is named."""
+        for name, out in self.stage_dirs():
+            if not (out / "metrics.json").is_file():
+                state = "was started but has not finished" if out.is_dir() else "has not run"
+                raise FileNotFoundError(
+                    f"Stage {name} of run {self.run_dir} {state} (no {out / 'metrics.json'}): finish the run with "
+                    f"`rlhf-hf pipeline --config {self.run_dir / 'pipeline.yaml'} --run_dir {self.run_dir}`"
+                )
 
     # ------------------------------------------------------------------------------------------ step 2 data
     def comparisons(self, round_dir: Path, policy_model: str, round_index: int) -> list[dict]:

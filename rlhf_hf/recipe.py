@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -20,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import ModelConfig, TrlParser
 
 from .modeling import load_tokenizer
+from .outputs import finish_output_dir, prepare_output_dir
 
 
 @dataclass
@@ -43,7 +43,10 @@ class RecipeArgs:
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Allow writing into a non-empty output dir (its contents are replaced)."},
+        metadata={
+            "help": "Replace an earlier run of ours in a non-empty output dir (only what that run wrote is removed; "
+            "a dir with other files, `.`, home or a git checkout is refused)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -102,7 +105,7 @@ class Recipe:
     @classmethod
     def parse_args(cls, args: list[str] | None = None) -> Any:
         """YAML (`--config file`) + CLI flags into the config; unknown keys raise, naming the key."""
-        parser = TrlParser(dataclass_types=[cls.config_class])
+        parser = TrlParser(dataclass_types=[cls.config_class], allow_abbrev=False)
         try:
             (config,) = parser.parse_args_and_config(args)
         except ValueError as err:
@@ -134,7 +137,7 @@ class Recipe:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{cls.name} config: unknown key(s) {unknown}")
-        parser = TrlParser(dataclass_types=[cls.config_class])
+        parser = TrlParser(dataclass_types=[cls.config_class], allow_abbrev=False)
         parser.set_defaults_with_config(**values)
         (config,) = parser.parse_args_into_dataclasses(args=[])
         return cls(config)
@@ -143,29 +146,30 @@ class Recipe:
     def run(self) -> RecipeResult:
         raise NotImplementedError
 
-    def check_output_dir(self) -> Path:
-        """Refuse to write into a non-empty output dir unless overwriting or resuming was asked for.
+    def check_output_dir(self, write: bool = True) -> Path:
+        """Refuse a non-empty output dir unless resuming, or overwriting an earlier run of ours (`outputs.py`).
 
-        Under several processes every rank checks (so all raise alike) before the main one clears the dir.
+        Under several processes every rank checks (so all raise alike) before the main one clears and marks it.
+        `write=False` only checks: for a stage that has minutes of work to do before it writes anything.
         """
         from accelerate import PartialState
 
         state = PartialState()
-        out = Path(self.config.output_dir)
         resuming = bool(getattr(self.config, "resume_from_checkpoint", None))
-        clear = out.exists() and any(out.iterdir()) and not resuming
-        if clear and not self.config.overwrite_output_dir:
-            raise FileExistsError(
-                f"Output dir {out} exists and is not empty; set `overwrite_output_dir: true` to replace it "
-                "or `resume_from_checkpoint` to continue it."
-            )
+        check = {"overwrite": self.config.overwrite_output_dir, "resuming": resuming}
+        prepare_output_dir(self.config.output_dir, self.name, **check, write=False)
+        if not write:
+            return Path(self.config.output_dir)
         state.wait_for_everyone()
-        if clear and state.is_main_process:
-            shutil.rmtree(out)
+        if state.is_main_process:
+            prepare_output_dir(self.config.output_dir, self.name, **check)
         state.wait_for_everyone()
-        return out
+        return Path(self.config.output_dir)
 
     @staticmethod
     def write_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
+        """The stage's last file: `metrics.json` says it finished (the pipeline skips it on re-run), then the
+        output dir's marker records what the run wrote."""
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
+        finish_output_dir(output_dir)

@@ -18,6 +18,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from .data import train_eval_splits, validate_sft_dataset
 from .modeling import load_causal_lm, lora_config, resolve_model_path, zero3_init_disabled
+from .outputs import AtomicCheckpoints
 from .recipe import Recipe, RecipeArgs, RecipeResult
 from .tiny.model import TINY_MODEL_ID
 
@@ -54,6 +55,10 @@ class SFTRecipeConfig(RecipeArgs, SFTConfig, ModelConfig):
     eval_gold_prompts: int = field(
         default=200, metadata={"help": "Held-out prompts scored by the gold judge (embedded task only)."}
     )
+
+
+class AtomicSFTTrainer(AtomicCheckpoints, SFTTrainer):
+    """TRL's SFTTrainer whose checkpoints appear only when complete (`outputs.AtomicCheckpoints`)."""
 
 
 class SFTRecipe(Recipe):
@@ -98,7 +103,7 @@ class SFTRecipe(Recipe):
         model = load_causal_lm(
             cfg, trust_remote_code=cfg.trust_remote_code, gradient_checkpointing=cfg.gradient_checkpointing
         )
-        trainer = SFTTrainer(
+        trainer = AtomicSFTTrainer(
             model=model,
             args=cfg,
             train_dataset=train,

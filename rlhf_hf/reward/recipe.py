@@ -102,8 +102,9 @@ class RewardRecipe(Recipe):
     def run(self) -> RecipeResult:
         cfg: RewardRecipeConfig = self.config
         start = time.time()
-        if not cfg.overwrite_output_dir:
-            self.check_output_dir()  # refuses a non-empty dir now, before minutes of sampling
+        self.check_output_dir(
+            write=False
+        )  # refuses a dir it may not write to now, before minutes of sampling
         cfg.model_name_or_path = _absolute_if_local(cfg.model_name_or_path)  # recorded in the adapter config
         tokenizer = self.load_tokenizer()
         # ---- 1. data: ranked rows (sampled + labelled, or read), validated and tokenised before the RM loads
