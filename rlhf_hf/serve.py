@@ -118,15 +118,17 @@ def _context_length(model: PreTrainedModel) -> int:
 
 def _fit_context(tokenizer: PreTrainedTokenizerBase, history: list[dict], start: int, budget: int) -> int:
     """Drop the oldest turns after `history[:start]` (the system prompt) until the templated prompt has at most
-    `budget` tokens; returns how many messages were dropped, or -1 if the last message alone does not fit."""
-    dropped = 0
-    while len(encode_prompts(tokenizer, [history])["input_ids"][0]) > budget:
-        if len(history) - start <= 1:
+    `budget` tokens; returns how many messages were dropped, or -1 (history unchanged) if the last message
+    alone does not fit."""
+    kept = list(history)
+    while len(encode_prompts(tokenizer, [kept])["input_ids"][0]) > budget:
+        if len(kept) - start <= 1:
             return -1
         # a user turn and the reply to it go together, so the conversation still starts with a user turn
-        n = 2 if len(history) - start > 2 and history[start + 1]["role"] == "assistant" else 1
-        del history[start : start + n]
-        dropped += n
+        n = 2 if len(kept) - start > 2 and kept[start + 1]["role"] == "assistant" else 1
+        del kept[start : start + n]
+    dropped = len(history) - len(kept)
+    history[:] = kept
     return dropped
 
 

@@ -20,13 +20,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from rlhf_hf import PPORecipe, PPORecipeConfig
 from rlhf_hf.cli import recipes
 from rlhf_hf.data import load_split
-from rlhf_hf.generation import encode_prompts
+from rlhf_hf.generation import encode_prompts, generate
 from rlhf_hf.modeling import load_tokenizer
 from rlhf_hf.outputs import STAGING_DIR
 from rlhf_hf.ppo import core
 from rlhf_hf.ppo.recipe import validate_prompts
 from rlhf_hf.ppo.roles import POLICY, REWARD, VALUE, PPOModel, build_ppo_model, position_ids
 from rlhf_hf.ppo.trainer import PPOTrainer
+from rlhf_hf.serve import load_for_inference
 
 REPO = Path(__file__).resolve().parents[1]
 PPO_TINY = REPO / "recipes" / "configs" / "ppo_tiny.yaml"
@@ -509,6 +510,12 @@ def test_recipe_writes_outputs(sft_dir, rm_dir, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.config.vocab_size > 0
     assert len(list(out.glob("checkpoint-*"))) == 1  # save_total_limit: 1
+    # chat/generate/export accept the stage dir, the policy adapter (base and tokenizer resolved) and merged/
+    answers = {}
+    for path in (out, out / POLICY, out / "merged"):
+        model, tokenizer = load_for_inference(str(path))
+        answers[path.name] = generate(model, tokenizer, ["sort 3 1 2", "order 5 4"], max_new_tokens=6)
+    assert answers[out.name] == answers[POLICY] == answers["merged"]
 
 
 @pytest.mark.slow
