@@ -96,7 +96,7 @@ def recipe_common(args: argparse.Namespace, sft_dir: Path, data: Path, output_di
         gradient_accumulation_steps=1,
         max_steps=args.steps,
         learning_rate=1e-4,
-        gradient_checkpointing=True,
+        activation_checkpointing=True,
         logging_steps=1,
         save_strategy="no",
         eval_strategy="no",

@@ -173,7 +173,7 @@ def make_config(args: argparse.Namespace, sft: Path, reward: Path, output_dir: P
         lora_alpha=2 * args.lora_r,
         lora_dropout=0.0,
         critic=args.critic,
-        **({"gradient_checkpointing": True} if args.gradient_checkpointing else {}),
+        **({"activation_checkpointing": True} if args.gradient_checkpointing else {}),
         max_prompt_length=args.prompt_len,
         max_new_tokens=args.answer_len,
         min_new_tokens=0 if args.no_force_answer_len else args.answer_len,  # every answer exactly answer_len

@@ -232,14 +232,14 @@ if TINY:
     PPO = dict(max_steps=PPO_UPDATES, per_device_train_batch_size=16, num_mini_batches=2, eval_gold_prompts=0)
 else:
     SFT = dict(max_length=1024, per_device_train_batch_size=4, gradient_accumulation_steps=8, learning_rate=2e-4,
-               lr_scheduler_type="cosine", warmup_steps=10, gradient_checkpointing=True, logging_steps=10,
+               lr_scheduler_type="cosine", warmup_steps=10, activation_checkpointing=True, logging_steps=10,
                dataset_test_split=None, eval_fraction=0.02, eval_gold_prompts=0)
     RM = dict(labeller=None, max_length=1024, per_device_train_batch_size=2, per_device_eval_batch_size=8,
-              gradient_accumulation_steps=8, learning_rate=1e-4, num_train_epochs=1, gradient_checkpointing=True,
+              gradient_accumulation_steps=8, learning_rate=1e-4, num_train_epochs=1, activation_checkpointing=True,
               dataset_test_split=None, eval_fraction=0.05, eval_gold_prompts=0)
     PPO = dict(max_prompt_length=512, max_new_tokens=256, per_device_train_batch_size=4,
                gradient_accumulation_steps=4, num_mini_batches=4, rollout_forward_batch_size=8, critic="head",
-               gradient_checkpointing=True, learning_rate=1e-5, kl_coef=0.05, missing_eos_penalty=1.0,
+               activation_checkpointing=True, learning_rate=1e-5, kl_coef=0.05, missing_eos_penalty=1.0,
                max_steps=PPO_UPDATES, save_steps=25, eval_gold_prompts=0)
 print("model:", MODEL, "| 8-bit" if LOAD_IN_8BIT else "", "| 4-bit" if LOAD_IN_4BIT else "", "| tiny" if TINY else "")"""),
         md("""## Step 1: SFT on demonstrations

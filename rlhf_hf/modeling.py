@@ -175,7 +175,12 @@ def _finish(
 ) -> PreTrainedModel:
     if is_quantized(model_config):
         # Casts norms to fp32 and enables input grads so LoRA on a frozen k-bit base trains stably.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if gradient_checkpointing:
+            # What PEFT's `use_gradient_checkpointing=True` does, through transformers' current name (PEFT calls the
+            # deprecated `gradient_checkpointing_enable`).
+            model.enable_input_require_grads()
+            model.activation_checkpointing_enable()
     return model
 
 

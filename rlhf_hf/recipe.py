@@ -64,6 +64,15 @@ class RecipeArgs:
         resume = getattr(self, "resume_from_checkpoint", None)
         if isinstance(resume, str) and resume.lower() in ("true", "last"):
             self.resume_from_checkpoint = True  # the last checkpoint in output_dir, as Trainer reads True
+        # transformers 5.24 renamed `gradient_checkpointing*` to `activation_checkpointing*`, and TRL's configs still
+        # default the old name (to True): carry the old name over ourselves (transformers would, with a FutureWarning
+        # about a field the user never wrote). A YAML may use either name; the new one wins when both are set.
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if hasattr(self, new) and getattr(self, new) is None and getattr(self, old, None) is not None:
+                setattr(self, new, getattr(self, old))
         super().__post_init__()  # the stage's TrainingArguments subclass (reads the accelerate/DeepSpeed launch)
         from transformers.integrations import is_deepspeed_zero3_enabled
 

@@ -101,7 +101,7 @@ class SFTRecipe(Recipe):
             cfg.eval_on_start = True
         set_seed(cfg.seed)
         model = load_causal_lm(
-            cfg, trust_remote_code=cfg.trust_remote_code, gradient_checkpointing=cfg.gradient_checkpointing
+            cfg, trust_remote_code=cfg.trust_remote_code, gradient_checkpointing=cfg.activation_checkpointing
         )
         trainer = AtomicSFTTrainer(
             model=model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from conftest import SFT_TINY_YAML
+from conftest import ROOT, SFT_TINY_YAML
 
 from rlhf_hf import SFTRecipe, SFTRecipeConfig
 from rlhf_hf.cli import main
@@ -87,3 +87,31 @@ def test_kbit_base_under_zero3_is_refused_before_loading(monkeypatch):
             SFTRecipe.from_yaml(SFT_TINY_YAML, load_in_8bit=True)
     finally:
         unset_hf_deepspeed_config()  # no process-wide ZeRO-3 flag may leak into later tests
+
+
+@pytest.mark.parametrize("recipe", ["sft", "reward", "ppo"])
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ({}, None),  # the stage's default
+        ({"activation_checkpointing": True}, True),  # transformers' current name
+        # the name older YAMLs use (the shipped YAMLs write the current one: unset it as such a YAML would)
+        ({"gradient_checkpointing": True, "activation_checkpointing": None}, True),
+        ({"gradient_checkpointing": True, "activation_checkpointing": False}, False),  # the current name wins
+    ],
+)
+def test_either_checkpointing_name_works_without_a_future_warning(recipe, written, expected):
+    import warnings
+
+    from rlhf_hf import PPORecipe, RewardRecipe
+
+    cls = {"sft": SFTRecipe, "reward": RewardRecipe, "ppo": PPORecipe}[recipe]
+    overrides = dict(written)
+    if recipe == "ppo":
+        overrides["critic"] = "head"  # PPO refuses activation checkpointing with the adapter critic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        cfg = cls.from_yaml(ROOT / "recipes" / "configs" / f"{recipe}_tiny.yaml", **overrides).config
+    if expected is not None:
+        assert cfg.activation_checkpointing is expected
+    assert cfg.gradient_checkpointing is cfg.activation_checkpointing  # transformers mirrors the old name

@@ -114,7 +114,8 @@ def test_sequence_classifier_is_scalar_and_pools_the_last_real_token(tiny_base):
     batch = tok(["sort 1 2", "sort 1 2 <pad> <pad>"], return_tensors="pt", padding=True)
     scores = model(**batch).logits
     assert scores.shape == (2, 1)
-    assert torch.allclose(scores[0], scores[1], atol=1e-5)  # trailing pads do not change the score
+    # trailing pads do not change the score; the padded row runs other kernel shapes: fp32 rounding only
+    torch.testing.assert_close(scores[0], scores[1])
 
 
 def test_lora_defaults():

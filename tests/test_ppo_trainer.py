@@ -157,9 +157,13 @@ def test_reference_logprobs_equal_the_sft_model(sft_dir, rm_dir, prompts, tmp_pa
         sft = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32)
         logits = sft(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
         expected = core.logprobs_from_logits(logits[:, -width - 1 : -1], labels)
-    torch.testing.assert_close(ref, expected, atol=1e-6, rtol=0)
+    # Two computations of the same fp32 log-probs (PEFT-wrapped base with adapters off + a head on the sliced
+    # hidden states, vs the plain model's full forward): kernels may sum in another order, so they agree to a few
+    # ulps of |logit| <= ~30 through 4 layers, not bit for bit. torch's float32 defaults (rtol 1.3e-6, atol 1e-5)
+    # are that bound; a wrong position or model would be off by > 0.1.
+    torch.testing.assert_close(ref, expected)
     # LoRA B = 0: PPO starts at the SFT policy
-    torch.testing.assert_close(policy, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(policy, expected)
 
 
 def test_value_function_starts_as_the_reward_model(sft_dir, rm_dir, tmp_path):
@@ -175,7 +179,8 @@ def test_value_function_starts_as_the_reward_model(sft_dir, rm_dir, tmp_path):
     assert value.shape == (1, 1)
     # V starts as the RM, on the scale of the normalised score that the returns are built from
     stats = model.reward_stats
-    torch.testing.assert_close(value_last[0, 0], (score[0] - stats["mean"]) / stats["std"], atol=1e-5, rtol=0)
+    # the same head on the same hidden state through an affine map: fp32 rounding only (torch's fp32 defaults)
+    torch.testing.assert_close(value_last[0, 0], (score[0] - stats["mean"]) / stats["std"])
     assert score.abs().item() > 0
 
 
@@ -255,7 +260,8 @@ def test_static_cache_samples_the_same_answers_from_fixed_width_prompts(sft_dir,
     assert dynamic.input_ids.shape[1] < static.input_ids.shape[1]
     assert torch.equal(dynamic.answer_ids, static.answer_ids)
     for name in ("logprobs", "ref_logprobs", "values", "raw_scores"):
-        assert torch.allclose(getattr(dynamic, name), getattr(static, name), atol=1e-5), name
+        # other padding widths change the attention kernels' summation order: fp32 rounding (torch's defaults)
+        torch.testing.assert_close(getattr(dynamic, name), getattr(static, name), msg=name)
 
 
 def test_pad_equal_to_eos_scores_the_last_real_token(sft_dir, rm_dir, prompts, tmp_path):
@@ -275,7 +281,8 @@ def test_pad_equal_to_eos_scores_the_last_real_token(sft_dir, rm_dir, prompts, t
         row = rollout.input_ids[i][rollout.attention_mask[i].bool()]
         with torch.no_grad():
             expected = rm(input_ids=row[None]).logits[0, 0]
-        assert rollout.raw_scores[i].item() == pytest.approx(expected.item(), abs=1e-5), i
+        # unpadded single row vs a padded batch: fp32 rounding of the same model (torch's fp32 defaults)
+        assert rollout.raw_scores[i].item() == pytest.approx(expected.item(), rel=1.3e-6, abs=1e-5), i
         eos_count = int((row[-int(lengths[i]) :] == tokenizer.eos_token_id).sum())
         assert eos_count == int(rollout.has_eos[i])  # exactly the answer's own eos is inside the mask
 
@@ -286,7 +293,8 @@ def test_score_shaping(sft_dir, rm_dir, prompts, tmp_path):
     stats = trainer.roles.reward_stats
     raw = torch.tensor([stats["mean"], stats["mean"] + 0.5 * stats["std"], stats["mean"] + 10 * stats["std"]])
     shaped = trainer.shape_scores(raw, torch.tensor([True, False, True]))
-    torch.testing.assert_close(shaped, torch.tensor([0.0, 0.0, 1.0]), atol=1e-5, rtol=0)
+    # (x - mean) / std in fp32 against exact hand values: a few ulps (torch's fp32 defaults)
+    torch.testing.assert_close(shaped, torch.tensor([0.0, 0.0, 1.0]))
 
 
 def test_entropy_temperature_scales_row_by_row():
@@ -374,7 +382,7 @@ def test_memory_path_one_kbit_base_paged_adamw_and_checkpointing(sft_dir, rm_dir
         8,
         True,
     )
-    assert model.causal_lm.is_gradient_checkpointing
+    assert model.causal_lm.is_activation_checkpointing
     policy_before = [p.detach().clone() for p in model.adapter_parameters(POLICY)]
     head_before = model.value_head.weight.detach().clone()
     trainer.train()
@@ -400,7 +408,9 @@ def test_full_reward_model_and_model_critic_smoke(sft_dir, rm_dir, rm_full_dir, 
     adapter = make_trainer(make_config(sft_dir, rm_dir, tmp_path / "b"), prompts)
     torch.manual_seed(0)
     scores_adapter = adapter.rollout(prompts["prompt"][:4]).raw_scores
-    torch.testing.assert_close(scores_full, scores_adapter, atol=1e-4, rtol=0)
+    # A merged full RM vs base + LoRA adapter: W + BA rounded once into the weights vs added at run time, so the
+    # scores differ by the rounding of the merged weights (~1e-7 relative each) summed over the network: 1e-4.
+    torch.testing.assert_close(scores_full, scores_adapter, atol=1e-4, rtol=1.3e-6)
     # critic: adapter next to a full reward model: a fresh value adapter, head from the RM's score
     mixed = make_trainer(make_config(sft_dir, rm_full_dir, tmp_path / "c"), prompts)
     mixed.train()

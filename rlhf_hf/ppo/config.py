@@ -226,9 +226,7 @@ class PPORecipeConfig(RecipeArgs, TrainingArguments, ModelConfig):
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (PPO needs sampling), got {self.temperature}")
-        if self.critic == "adapter" and (
-            self.gradient_checkpointing or getattr(self, "activation_checkpointing", None)
-        ):
+        if self.critic == "adapter" and self.activation_checkpointing:
             # Checkpointed layers re-run their forward during backward, when another adapter may be active.
             raise ValueError("activation checkpointing needs `critic: head` or `critic: model`")
         if self.merge_adapter_for_generation and (self.load_in_4bit or self.load_in_8bit):

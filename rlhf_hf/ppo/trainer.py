@@ -150,11 +150,11 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
             pad_token_id=tokenizer.pad_token_id,
             cache_implementation=args.cache_implementation,
         )
-        if args.gradient_checkpointing:  # Trainer.train() would do this; our train() replaces it
-            kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+        if args.activation_checkpointing:  # Trainer.train() would do this; our train() replaces it
+            kwargs = args.activation_checkpointing_kwargs or {"use_reentrant": False}
             for module in (model.causal_lm, model.value_model):
                 if module is not None:
-                    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+                    module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         if self.is_deepspeed_enabled:
             # Fill the config's "auto" values (batch sizes, clipping, bf16) as Trainer does.
             self.accelerator.state.deepspeed_plugin.hf_ds_config.trainer_config_finalize(

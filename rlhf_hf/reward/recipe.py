@@ -246,7 +246,7 @@ class RewardRecipe(Recipe):
                 cfg,
                 pad_token_id=tokenizer.pad_token_id,
                 trust_remote_code=cfg.trust_remote_code,
-                gradient_checkpointing=cfg.gradient_checkpointing,
+                gradient_checkpointing=cfg.activation_checkpointing,
             )
         return RankedRewardTrainer(
             model=model,
