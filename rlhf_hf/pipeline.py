@@ -73,6 +73,7 @@ class PipelineConfig:
             raise ValueError(f"pipeline config {path}: unknown key(s) {unknown}")
         config = cls(**values)
         config.base_dir = Path(path).resolve().parent  # stage `config:` paths are relative to this file
+        config.source = str(path)  # named by errors in its stage sections
         return config
 
 
@@ -100,16 +101,65 @@ class RLHFPipeline:
         return cls(PipelineConfig.from_yaml(path, **overrides))
 
     # ------------------------------------------------------------------------------------------ stages
-    def _stage(self, recipe_cls: type[Recipe], values: dict[str, Any], **fixed: Any) -> Recipe:
-        values = dict(values)
+    def _stage(self, recipe_cls: type[Recipe], section: str, **fixed: Any) -> Recipe:
+        """The stage's recipe from its section of the pipeline YAML (keys, or a `config:` stage YAML + keys) and
+        the paths the pipeline fills in; errors name the pipeline file and the section."""
+        values = dict(getattr(self.config, section))
         config_file = values.pop("config", None)
+        where = f"{getattr(self.config, 'source', 'pipeline config')}, section `{section}`"
+        recipe_cls.check_keys(values, where=where)
         merged = {"seed": self.config.seed, **values, **fixed, "overwrite_output_dir": True}
-        if config_file is None:
-            return recipe_cls.from_dict(merged)
-        path = Path(config_file)
-        if not path.is_absolute():
-            path = getattr(self.config, "base_dir", Path.cwd()) / path
-        return recipe_cls.from_yaml(path, **merged)
+        try:
+            if config_file is None:
+                return recipe_cls.from_dict(merged)
+            path = Path(config_file)
+            if not path.is_absolute():
+                path = getattr(self.config, "base_dir", Path.cwd()) / path
+            if not path.is_file():
+                raise FileNotFoundError(f"{where}: stage config file {path} does not exist")
+            return recipe_cls.from_yaml(path, **merged)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+    def stage_recipes(self, round_index: int = 1) -> dict[str, Recipe]:
+        """Round `round_index`'s SFT, reward-model and PPO recipes, as `run` builds them."""
+        run, sft_model = self.run_dir, str((self.run_dir / "sft" / "merged").resolve())
+        round_dir = run / f"round_{round_index}"
+        fixed = {"model_name_or_path": sft_model, "output_dir": str(round_dir / "reward")}
+        fixed_ppo = {
+            "model_name_or_path": sft_model,
+            "reward_model_path": str(round_dir / "reward"),
+            "output_dir": str(round_dir / "ppo"),
+        }
+        if round_index > 1:
+            fixed_ppo["init_policy_adapter"] = str(run / f"round_{round_index - 1}" / "ppo" / "policy")
+        return {
+            "sft": self._stage(SFTRecipe, "sft", output_dir=str(run / "sft")),
+            "reward": self._stage(
+                RewardRecipe,
+                "reward",
+                **fixed,
+                dataset_name=str(round_dir / "reward_data.jsonl"),
+                labeller=None,
+            ),
+            "ppo": self._stage(PPORecipe, "ppo", **fixed_ppo),
+        }
+
+    def validate(self) -> None:
+        """Before the first stage runs: every stage's config parses (unknown keys and bad values name the pipeline
+        file and section), and the prompt datasets have a `prompt` column."""
+        recipes = self.stage_recipes()
+        for where, name in (
+            ("prompts_dataset", self.config.prompts_dataset),
+            ("section `ppo`, dataset_name", recipes["ppo"].config.dataset_name),
+        ):
+            prompts = load_split(name, "train")
+            if prompts is None or "prompt" not in prompts.column_names:
+                found = "no train split" if prompts is None else f"columns {prompts.column_names}"
+                raise ValueError(
+                    f"{getattr(self.config, 'source', 'pipeline config')}, {where}: {name!r} needs a train split "
+                    f"with a `prompt` column ({found})"
+                )
 
     def _run_stage(self, name: str, out: Path, build: Callable[[], Recipe]) -> dict[str, Any]:
         """Run a stage unless its metrics.json says it finished (then reuse its metrics)."""
@@ -151,18 +201,17 @@ class RLHFPipeline:
     def run(self) -> dict[str, Any]:
         cfg, run = self.config, self.run_dir
         start = time.time()
+        self.validate()
         claim_run_dir(run, "pipeline run")
         (run / "pipeline.yaml").write_text(
             yaml.safe_dump(_jsonable(dataclasses.asdict(cfg)), sort_keys=False)
         )
 
         sft_dir = run / "sft"
-        self._run_stage(
-            "1. SFT", sft_dir, build=lambda: self._stage(SFTRecipe, cfg.sft, output_dir=str(sft_dir))
-        )
+        self._run_stage("1. SFT", sft_dir, build=lambda: self.stage_recipes()["sft"])
         sft_model = str((sft_dir / "merged").resolve())
 
-        policy_model, policy_adapter = sft_model, None
+        policy_model = sft_model
         comparisons: list[dict] = []
         for r in range(1, cfg.rounds + 1):
             round_dir = run / f"round_{r}"
@@ -170,31 +219,10 @@ class RLHFPipeline:
             comparisons += self.comparisons(round_dir, policy_model, r)
             data_file = round_dir / "reward_data.jsonl"
             data_file.write_text("".join(json.dumps(row) + "\n" for row in comparisons))
-            rm_dir = round_dir / "reward"
-            self._run_stage(
-                f"{r}. reward model",
-                rm_dir,
-                build=lambda rm_dir=rm_dir, data_file=data_file: self._stage(
-                    RewardRecipe,
-                    cfg.reward,
-                    model_name_or_path=sft_model,
-                    dataset_name=str(data_file),
-                    output_dir=str(rm_dir),
-                    labeller=None,
-                ),
-            )
-            ppo_dir = round_dir / "ppo"
-            fixed = {
-                "model_name_or_path": sft_model,
-                "reward_model_path": str(rm_dir),
-                "output_dir": str(ppo_dir),
-            }
-            if policy_adapter:
-                fixed["init_policy_adapter"] = policy_adapter
-            self._run_stage(
-                f"{r}. PPO", ppo_dir, build=lambda fixed=fixed: self._stage(PPORecipe, cfg.ppo, **fixed)
-            )
-            policy_model, policy_adapter = str(ppo_dir / "merged"), str(ppo_dir / "policy")
+            rm_dir, ppo_dir = round_dir / "reward", round_dir / "ppo"
+            self._run_stage(f"{r}. reward model", rm_dir, build=lambda r=r: self.stage_recipes(r)["reward"])
+            self._run_stage(f"{r}. PPO", ppo_dir, build=lambda r=r: self.stage_recipes(r)["ppo"])
+            policy_model = str(ppo_dir / "merged")
 
         from .report import evaluate_run
 

@@ -6,9 +6,12 @@ A stage's config is ONE flat dataclass: `RecipeArgs` + the stage's TRL/transform
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -113,15 +116,33 @@ class Recipe:
     # ---------------------------------------------------------------- construction
     @classmethod
     def parse_args(cls, args: list[str] | None = None) -> Any:
-        """YAML (`--config file`) + CLI flags into the config; unknown keys raise, naming the key."""
+        """YAML (`--config file`) + CLI flags into the config; unknown keys raise, naming the file and the key."""
+        args = list(sys.argv[1:] if args is None else args)
+        if "--config" in args and args.index("--config") + 1 < len(args):
+            path = args[args.index("--config") + 1]
+            with open(path) as f:
+                values = yaml.safe_load(f) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{path}: a {cls.name} config must be a YAML mapping of keys to values")
+            cls.check_keys(values, where=path)
         parser = TrlParser(dataclass_types=[cls.config_class], allow_abbrev=False)
-        try:
-            (config,) = parser.parse_args_and_config(args)
-        except ValueError as err:
-            if "Unknown arguments" in str(err):
-                raise ValueError(f"{cls.name} config: {err}") from None
-            raise
+        (config,) = parser.parse_args_and_config(args)
         return config
+
+    @classmethod
+    def check_keys(cls, values: dict[str, Any], where: str | os.PathLike | None = None) -> None:
+        """Every key is a field of the stage's config (TrlParser's `env:` section aside); else a ValueError naming
+        `where`, the unknown keys and the nearest known ones."""
+        known = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = sorted(set(values) - known - {"env"})
+        if not unknown:
+            return
+        hints = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        hint = "; ".join(f"{key}: did you mean {near[0]}?" for key, near in hints.items() if near)
+        prefix = f"{where}: " if where else ""
+        raise ValueError(
+            f"{prefix}{cls.name} config: unknown key(s) {unknown}" + (f" ({hint})" if hint else "")
+        )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> Self:
@@ -142,13 +163,13 @@ class Recipe:
         Values become the parser's defaults, so strings are converted as on the command line ("2e-3" -> float)
         while Python values (None, lists, numbers) pass through unchanged.
         """
-        known = {f.name for f in dataclasses.fields(cls.config_class)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{cls.name} config: unknown key(s) {unknown}")
-        parser = TrlParser(dataclass_types=[cls.config_class], allow_abbrev=False)
+        cls.check_keys(values)
+        parser = TrlParser(dataclass_types=[cls.config_class], allow_abbrev=False, exit_on_error=False)
         parser.set_defaults_with_config(**values)
-        (config,) = parser.parse_args_into_dataclasses(args=[])
+        try:
+            (config,) = parser.parse_args_into_dataclasses(args=[])
+        except argparse.ArgumentError as err:  # a value of the wrong type: not a usage message and an exit
+            raise ValueError(f"{cls.name} config: {err}") from None
         return cls(config)
 
     # ---------------------------------------------------------------- running
