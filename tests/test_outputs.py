@@ -257,3 +257,20 @@ def test_cli_flags_are_not_abbreviated(capsys):
     assert "unrecognized arguments: --round 2" in capsys.readouterr().err
     with pytest.raises(ValueError, match="learning_rat"):
         main(["sft", "--config", str(CONFIGS / "sft_tiny.yaml"), "--learning_rat", "1e-3"])
+
+
+def test_a_stage_reruns_into_its_own_dir_and_keeps_a_file_added_there(tmp_path, tiny_base):
+    """What the pipeline does with `force: true` and a user with `overwrite_output_dir: true`."""
+    from rlhf_hf import SFTRecipe
+
+    out = tmp_path / "sft"
+    args = dict(output_dir=str(out), max_steps=1, eval_gold_prompts=0, merge=False, overwrite_output_dir=True)
+    SFTRecipe.from_yaml(CONFIGS / "sft_tiny.yaml", **args).run()
+    first = json.loads((out / MARKER).read_text())
+    assert first["finished"] and {"adapter_model.safetensors", "metrics.json"} <= set(first["written"])
+    SFTRecipe.from_yaml(CONFIGS / "sft_tiny.yaml", **args).run()  # ours: replaced
+    assert json.loads((out / MARKER).read_text())["started"] > first["started"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="did not write: notes.txt"):
+        SFTRecipe.from_yaml(CONFIGS / "sft_tiny.yaml", **args).run()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "adapter_model.safetensors").exists()
