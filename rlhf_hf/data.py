@@ -14,6 +14,7 @@ from typing import Literal
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
+from .modeling import is_missing_local_path
 from .tiny.task import DEFAULT_TASK
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ def load_split(name: str, split: str, config: str | None = None) -> Dataset | No
     """One split of a dataset; `None` if the dataset has no such split (the caller may then hold data out)."""
     if name in EMBEDDED:
         return embedded_dataset(name, split) if split in EMBEDDED[name][1] else None
-    path = Path(name)
+    if is_missing_local_path(name):
+        raise FileNotFoundError(f"Dataset {name} does not exist (no such local file or directory)")
+    path = Path(name).expanduser()
     if path.is_file():
         if path.suffix not in FILE_BUILDERS:
             raise ValueError(f"Unsupported data file {path}: use one of {sorted(FILE_BUILDERS)}")

@@ -46,23 +46,32 @@ DEFAULT_CHAT_TEMPLATE = (
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
 
 
+def is_missing_local_path(name_or_path: str) -> bool:
+    """A path that does not exist but is clearly meant as a local one, not a Hub id: `./x`, `/x`, `~/x`, `a/b/c`,
+    `x.jsonl`-like file names, or `a/b` whose `a` is a local dir."""
+    text = str(name_or_path)
+    if Path(text).expanduser().exists():
+        return False
+    return (
+        text.startswith((".", "/", "~"))
+        or text.count("/") > 1
+        or Path(text).suffix in (".json", ".jsonl", ".parquet", ".csv", ".txt", ".safetensors")
+        or ("/" in text and Path(text.split("/")[0]).is_dir())
+    )
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """The embedded default's id -> its cached local dir; a local dir as it is; a Hub id passed on.
 
-    A path that is clearly local (`./x`, `/x`, `~/x`, `a/b/c`, or `a/b` whose `a` is a local dir) but does not
-    exist is a `FileNotFoundError` naming it, instead of the Hub client's "couldn't connect" or "Repo id must be
-    in the form" about a string that was never meant as a repo id.
+    A missing local path (`is_missing_local_path`) is a `FileNotFoundError` naming it, instead of the Hub
+    client's "couldn't connect" or "Repo id must be in the form" about a string never meant as a repo id.
     """
     if name_or_path == TINY_MODEL_ID:
         return str(get_tiny_base())
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return str(path)
-    text = str(name_or_path)
-    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or Path(text.split("/")[0]).is_dir()
-    if looks_local:
+    if is_missing_local_path(name_or_path):
         raise FileNotFoundError(f"Model path {name_or_path} does not exist (no such local file or directory)")
-    return name_or_path
+    path = Path(name_or_path).expanduser()
+    return str(path) if path.exists() else name_or_path
 
 
 @dataclass

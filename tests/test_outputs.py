@@ -220,6 +220,11 @@ def test_missing_local_model_paths_are_named(tmp_path, monkeypatch):
         resolve_inference_model("runs/ppo")
     with pytest.raises(FileNotFoundError, match="Model path runs/nope does not exist"):
         main(["sft", "--config", str(CONFIGS / "sft_tiny.yaml"), "--model_name_or_path", "runs/nope"])
+    from rlhf_hf.data import load_split
+
+    for path in ("data/sft.jsonl", "sft.jsonl", "./data", "runs/x"):
+        with pytest.raises(FileNotFoundError, match=f"Dataset {path} does not exist"):
+            load_split(path, "train")
 
 
 def test_eval_names_the_missing_run_and_the_unfinished_stage(tmp_path):
