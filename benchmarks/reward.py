@@ -29,10 +29,13 @@ from rlhf_hf.data import load_split
 from rlhf_hf.evaluation import gold_prompts
 from rlhf_hf.modeling import load_tokenizer, lora_config
 from rlhf_hf.reward.data import pairs_from_ranks
+from rlhf_hf.reward.metrics import ranking_metrics
 from rlhf_hf.reward.model import conversation
 from rlhf_hf.reward.sampling import drop_empty_answers, rank_with, sample_answers
-from rlhf_hf.reward.trainer import RankedRewardTrainer, prepare_ranked, ranking_metrics
-from rlhf_hf.tiny.task import DEFAULT_TASK, SimulatedLabeller
+from rlhf_hf.reward.trainer import RankedRewardTrainer, prepare_ranked
+from rlhf_hf.tasks import get_task
+
+TASK = get_task("tiny-sort")  # its prompts and gold judge rank the answers
 
 
 def parse_args() -> argparse.Namespace:
@@ -167,15 +170,15 @@ def main() -> None:
     args = parse_args()
     tokenizer = load_tokenizer(args.sft)
     policy = AutoModelForCausalLM.from_pretrained(args.sft).to(args.device)
-    labeller = SimulatedLabeller(DEFAULT_TASK, noise=0.05, seed=args.seed)
+    labeller = TASK.labeller(noise=0.05, seed=args.seed)
     prompts = load_split("rlhf-hf/tiny-sort-prompts", "train")["prompt"][: args.prompts]
     gold = sampled(
         policy,
         tokenizer,
-        gold_prompts(args.gold_prompts),
+        gold_prompts(args.gold_prompts, TASK),
         4,
         args.seed + 2,
-        SimulatedLabeller(DEFAULT_TASK, 0),
+        TASK.labeller(noise=0.0),
     )
     results = []
     for k in args.k:

@@ -49,7 +49,10 @@ from rlhf_hf.generation import generate
 from rlhf_hf.modeling import load_tokenizer
 from rlhf_hf.reward.model import load_reward_model
 from rlhf_hf.reward.sampling import drop_empty_answers, rank_with, sample_answers
-from rlhf_hf.tiny import DEFAULT_TASK, SimulatedLabeller, get_tiny_base
+from rlhf_hf.tasks import get_task
+from rlhf_hf.tasks.tiny.model import get_tiny_base
+
+TASK = get_task("tiny-sort")  # prompts, demonstrations and the gold judge
 
 CONFIGS = Path("recipes/configs") if Path("recipes/configs").exists() else Path("../recipes/configs")
 run = Path(RUN_DIR)
@@ -60,10 +63,10 @@ results = {}"""),
 cached. It knows something about sorting, but not how to answer a chat prompt."""),
     code("""base_dir = get_tiny_base()
 tokenizer = load_tokenizer(str(base_dir))
-demo = DEFAULT_TASK.sft_rows(3, seed=SEED)
+demo = TASK.demonstrations(3, seed=SEED)
 for row in demo:
     prompt, answer = row["messages"][0]["content"], row["messages"][1]["content"]
-    print(f"{prompt!r:24} demonstration {answer!r:16} gold score {DEFAULT_TASK.score(prompt, answer):.2f}")
+    print(f"{prompt!r:24} demonstration {answer!r:16} gold score {TASK.score(prompt, answer):.2f}")
 base = AutoModelForCausalLM.from_pretrained(base_dir)
 print("base model answers:", generate(base, tokenizer, ["sort 3 1 2", "order 9 0 5"], max_new_tokens=8))"""),
     md("""## Step 1: supervised fine-tuning
@@ -81,9 +84,9 @@ them. The reward model (the SFT model plus a scalar head) sees all four answers 
 from every pair: better-ranked answer should score higher."""),
     code("""sft_model = AutoModelForCausalLM.from_pretrained(sft_dir)
 sft_tok = load_tokenizer(sft_dir)
-prompts = DEFAULT_TASK.prompts(600, seed=SEED + 1)
+prompts = TASK.prompts(600, seed=SEED + 1)
 sampled, _ = drop_empty_answers(sample_answers(sft_model, sft_tok, prompts, 4, max_new_tokens=16, seed=SEED))
-rows = rank_with(SimulatedLabeller(DEFAULT_TASK, noise=0.05, seed=SEED), sampled)
+rows = rank_with(TASK.labeller(noise=0.05, seed=SEED), sampled)
 print("prompt:", rows[0]["prompt"])
 for answer, rank in sorted(zip(rows[0]["responses"], rows[0]["ranks"]), key=lambda x: x[1]):
     print(f"  rank {rank}: {answer!r}")
@@ -97,12 +100,12 @@ print({k: round(v, 3) for k, v in rm.metrics.items() if isinstance(v, float)})
 
 # Does the reward model prefer correct answers? Score held-out answers and split them by the gold judge.
 reward = load_reward_model(rm.output_dir)
-held = sample_answers(sft_model, sft_tok, gold_prompts(150), 4, max_new_tokens=16, seed=SEED + 7)
+held = sample_answers(sft_model, sft_tok, gold_prompts(150, TASK), 4, max_new_tokens=16, seed=SEED + 7)
 pairs = [(r["prompt"], a) for r in held for a in r["responses"]]
 from rlhf_hf.reward.model import score
 scores = score(reward[0], reward[1], [p for p, _ in pairs], [a for _, a in pairs])
-exact = [s for (p, a), s in zip(pairs, scores) if DEFAULT_TASK.score(p, a) == 1.0]
-wrong = [s for (p, a), s in zip(pairs, scores) if DEFAULT_TASK.score(p, a) < 1.0]
+exact = [s for (p, a), s in zip(pairs, scores) if TASK.score(p, a) == 1.0]
+wrong = [s for (p, a), s in zip(pairs, scores) if TASK.score(p, a) < 1.0]
 results["rm_exact_minus_wrong"] = statistics.fmean(exact) - statistics.fmean(wrong)
 plt.hist([exact, wrong], bins=30, label=["correct answers", "answers with a mistake"], alpha=0.7)
 plt.xlabel("reward model score"); plt.legend(); plt.title("The reward model separates good from bad answers")
@@ -128,8 +131,8 @@ results["rm_score_first"], results["rm_score_last"] = ppo.metrics["score_first"]
 Both policies answer the same held-out prompts (sampled at temperature 1, as during training). The reward model is
 only a proxy; the gold judge is what we actually care about."""),
     code("""ppo_model = AutoModelForCausalLM.from_pretrained(Path(ppo.output_dir, "merged"))
-table = compare_policies({"sft": sft_model, "ppo": ppo_model}, sft_model, sft_tok, reward, gold_prompts(200),
-                         seed=SEED)
+table = compare_policies({"sft": sft_model, "ppo": ppo_model}, sft_model, sft_tok, reward,
+                         gold_prompts(200, TASK), task=TASK, seed=SEED)
 for name, row in table.items():
     print(name, {k: round(v, 3) for k, v in row.items()})
 plt.bar(["SFT", "PPO"], [table["sft"]["gold_score"], table["ppo"]["gold_score"]], color=["grey", "tab:green"])

@@ -11,7 +11,7 @@ from .ppo import PPORecipe, PPORecipeConfig
 from .recipe import Recipe, RecipeResult
 from .reward.recipe import RewardRecipe, RewardRecipeConfig
 from .sft import SFTRecipe, SFTRecipeConfig
-from .tiny.model import TINY_MODEL_ID, get_tiny_base
+from .tasks import TINY_MODEL_ID, get_task
 
 __all__ = [
     "PPORecipe",
@@ -25,6 +25,6 @@ __all__ = [
     "SFTRecipe",
     "SFTRecipeConfig",
     "TINY_MODEL_ID",
-    "get_tiny_base",
+    "get_task",
 ]
 __version__ = "0.1.0"

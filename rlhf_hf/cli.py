@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .recipe import Recipe
 
@@ -111,6 +110,8 @@ def _pipeline(args: list[str]) -> int:
 
 
 def _eval(args: list[str]) -> int:
+    from pathlib import Path
+
     from .pipeline import PipelineConfig, RLHFPipeline
     from .report import evaluate_run, print_table
 
@@ -121,9 +122,9 @@ def _eval(args: list[str]) -> int:
     if not config_file.is_file():
         what = "is not a pipeline run dir" if Path(ns.run).is_dir() else "does not exist"
         raise FileNotFoundError(f"Run dir {ns.run} {what} (no {config_file})")
-    pipeline = RLHFPipeline(PipelineConfig.from_yaml(config_file, run_dir=ns.run))
-    pipeline.check_finished()
-    summary = evaluate_run(pipeline, str((pipeline.run_dir / "sft" / "merged").resolve()))
+    config = PipelineConfig.from_yaml(config_file, run_dir=ns.run)
+    RLHFPipeline(config).check_finished()
+    summary = evaluate_run(config, ns.run, str((Path(ns.run) / "sft" / "merged").resolve()))
     print_table(summary["policies"])
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict | list)}, indent=2))
     return 0
@@ -161,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         return _demo(rest)
     if command == "pretrain-tiny":
-        from .tiny.model import get_tiny_base
+        from .tasks import TINY_MODEL_ID, embedded_model_path
 
-        print(get_tiny_base(rebuild="--rebuild" in rest))
+        print(embedded_model_path(TINY_MODEL_ID, rebuild="--rebuild" in rest))
         return 0
     table = recipes()
     if command not in table:

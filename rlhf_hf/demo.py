@@ -18,10 +18,12 @@ def run_demo(run_dir: str | Path = "runs/demo", seed: int = 0, **overrides: Any)
     """
     import time
 
-    from .tiny.model import get_tiny_base, tiny_base_dir
+    from .tasks import TINY_MODEL_ID, embedded_model_is_built, embedded_model_path
 
-    start, cached = time.time(), (tiny_base_dir() / "config.json").exists()
-    get_tiny_base()  # pretrains the tiny base once (cached), so its time is not charged to SFT
+    start, cached = time.time(), embedded_model_is_built(TINY_MODEL_ID)
+    embedded_model_path(
+        TINY_MODEL_ID
+    )  # pretrains the tiny base once (cached), so its time is not charged to SFT
     pipeline = RLHFPipeline.from_yaml(DEMO_CONFIG, run_dir=str(run_dir), seed=seed, **overrides)
     pipeline.timings.append(("0. pretrain tiny base", time.time() - start, "cached" if cached else "built"))
     return pipeline.run()

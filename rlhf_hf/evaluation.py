@@ -1,4 +1,4 @@
-"""Evaluation of a policy on the embedded task with the programmatic gold judge."""
+"""Evaluation of a policy: on a task's held-out prompts with its gold judge, and policies compared side by side."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .generation import answer_lengths, encode_prompts, generate
-from .tiny.task import DEFAULT_TASK, SortTask
+from .generation import encode_prompts, generate, generate_answers
+from .tasks import Task
 
 # Held-out evaluation prompts: a seed no training split uses.
 GOLD_EVAL_SEED = 12345
 
 
-def gold_prompts(n: int, task: SortTask = DEFAULT_TASK) -> list[str]:
+def gold_prompts(n: int, task: Task) -> list:
     return task.prompts(n, seed=GOLD_EVAL_SEED)
 
 
@@ -25,7 +25,7 @@ def gold_eval(
     tokenizer: PreTrainedTokenizerBase,
     n_prompts: int = 200,
     *,
-    task: SortTask = DEFAULT_TASK,
+    task: Task,
     max_new_tokens: int = 16,
 ) -> dict[str, float]:
     """Greedy answers to held-out prompts, scored by the gold judge: mean score and exact-answer rate."""
@@ -46,7 +46,6 @@ class Samples:
     has_eos: list[bool]
 
 
-@torch.no_grad()
 def sample(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -59,28 +58,17 @@ def sample(
 ) -> Samples:
     """Answers sampled as PPO samples them (temperature, top_k=0), seeded for comparable evaluations."""
     torch.manual_seed(seed)
+    answers = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        batch_size=batch_size,
+    )
     model.eval()
-    device = next(model.parameters()).device
-    texts, ids, eos = [], [], []
-    for start in range(0, len(prompts), batch_size):
-        batch = encode_prompts(tokenizer, prompts[start : start + batch_size]).to(device)
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        answers = out[:, batch["input_ids"].shape[1] :]
-        lengths, has_eos = answer_lengths(answers, tokenizer.eos_token_id)
-        for row, n, e in zip(answers.tolist(), lengths.tolist(), has_eos.tolist(), strict=True):
-            ids.append(row[:n])
-            eos.append(e)
-            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
-    return Samples(list(prompts), texts, ids, eos)
+    return Samples(list(prompts), answers.texts, answers.ids, answers.has_eos)
 
 
 @torch.no_grad()
@@ -114,7 +102,7 @@ def compare_policies(
     prompts: Sequence,
     *,
     baseline: str = "sft",
-    task: SortTask | None = DEFAULT_TASK,
+    task: Task | None = None,
     temperature: float = 1.0,
     max_new_tokens: int = 16,
     seed: int = 0,

@@ -1,6 +1,8 @@
 """Loading models and tokenizers for every stage: one place for dtype, bitsandbytes, LoRA and tokenizer fixes.
 
-Everything goes through `from_pretrained` on a Hub id or a local dir; `rlhf-hf/tiny` names the embedded default.
+Every `from_pretrained` of the package is here, on a Hub id or a local dir; embedded ids (`rlhf-hf/tiny`) are
+resolved through `rlhf_hf.tasks`. Also here: adapter dirs (is it one, merge it) and whole-weight copies for work
+on the main process under DeepSpeed ZeRO-3.
 """
 
 from __future__ import annotations
@@ -10,22 +12,26 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, TaskType, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, TaskType, prepare_model_for_kbit_training
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.modeling_layers import GenericForSequenceClassification
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config, get_quantization_config
 
-from .tiny.model import TINY_MODEL_ID, get_tiny_base
+from .tasks import embedded_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,9 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 # Existing tokens that make a good pad when a tokenizer has none (or pads with eos), tried in order.
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
+
+
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def is_missing_local_path(name_or_path: str) -> bool:
@@ -66,8 +75,8 @@ def resolve_model_path(name_or_path: str) -> str:
     A missing local path (`is_missing_local_path`) is a `FileNotFoundError` naming it, instead of the Hub
     client's "couldn't connect" or "Repo id must be in the form" about a string never meant as a repo id.
     """
-    if name_or_path == TINY_MODEL_ID:
-        return str(get_tiny_base())
+    if embedded := embedded_model_path(name_or_path):
+        return embedded
     if is_missing_local_path(name_or_path):
         raise FileNotFoundError(f"Model path {name_or_path} does not exist (no such local file or directory)")
     path = Path(name_or_path).expanduser()
@@ -101,7 +110,7 @@ def resolve_inference_model(name_or_path: str) -> InferenceModel:
     for candidate in (root, root / "merged", root / "policy"):
         if (candidate / "config.json").is_file():
             return InferenceModel(str(candidate), str(candidate if _has_tokenizer(candidate) else root))
-        adapter_config = candidate / "adapter_config.json"
+        adapter_config = candidate / ADAPTER_CONFIG
         if adapter_config.is_file():
             base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
             if not base:
@@ -179,7 +188,7 @@ def is_quantized(model_config: ModelConfig) -> bool:
     return bool(model_config.load_in_8bit or model_config.load_in_4bit)
 
 
-def _finish(
+def _prepare_if_quantized(
     model: PreTrainedModel, model_config: ModelConfig, gradient_checkpointing: bool
 ) -> PreTrainedModel:
     if is_quantized(model_config):
@@ -201,7 +210,60 @@ def load_causal_lm(
     model = AutoModelForCausalLM.from_pretrained(
         path, **model_kwargs(model_config, trust_remote_code=trust_remote_code)
     )
-    return _finish(model, model_config, gradient_checkpointing)
+    return _prepare_if_quantized(model, model_config, gradient_checkpointing)
+
+
+def sequence_classifier_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The scalar-head classifier class for a model config: transformers' own `*ForSequenceClassification`, or, for
+    causal LMs without one (Granite, Cohere, ...), the same generic classifier (backbone + `score` head, pooling the
+    last non-pad token) built on the architecture's own pretrained-model class.
+    """
+    return _classifier_class(type(config))
+
+
+@cache
+def _classifier_class(config_class: type[PretrainedConfig]) -> type[PreTrainedModel]:
+    try:
+        return AutoModelForSequenceClassification._model_mapping[config_class]
+    except KeyError:
+        pass
+    try:
+        causal_lm = AutoModelForCausalLM._model_mapping[config_class]
+    except KeyError:
+        raise ValueError(
+            f"{config_class.model_type}: neither a sequence classifier nor a causal LM in transformers; "
+            "a reward model needs one of them"
+        ) from None
+    base = next(b for b in causal_lm.__mro__[1:] if issubclass(b, PreTrainedModel))
+    name = causal_lm.__name__.removesuffix("ForCausalLM") + "ForSequenceClassification"
+    # The checkpoint's backbone weights live under the architecture's own prefix (`model.`, `transformer.`, ...).
+    return type(name, (GenericForSequenceClassification, base), {"base_model_prefix": base.base_model_prefix})
+
+
+def load_classifier(path: str, *, pad_token_id: int | None = None, **kwargs: Any) -> PreTrainedModel:
+    """`from_pretrained` of a scalar (num_labels=1) classifier from a causal-LM or classifier checkpoint.
+
+    A causal-LM checkpoint has no `score` head yet (initialised fresh: expected); any other missing weight means
+    the backbone did not load, which is an error rather than a silently random model.
+    """
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    path = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(
+        path,
+        revision=kwargs.get("revision", "main"),
+        trust_remote_code=kwargs.get("trust_remote_code", False),
+    )
+    config.num_labels = 1
+    cls = sequence_classifier_class(config)
+    with suppress_seqcls_warning():
+        model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    missing = [k for k in info["missing_keys"] if not k.startswith("score.")]
+    if missing:
+        raise ValueError(f"{path}: {cls.__name__} found no weights for {missing[:3]} in the checkpoint")
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
 
 
 def load_sequence_classifier(
@@ -215,12 +277,89 @@ def load_sequence_classifier(
 
     `pad_token_id` must be set: the classifier pools the last non-pad token of each row.
     """
-    path = resolve_model_path(model_config.model_name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, **model_kwargs(model_config, trust_remote_code=trust_remote_code)
+    model = load_classifier(
+        model_config.model_name_or_path,
+        pad_token_id=pad_token_id,
+        **model_kwargs(model_config, trust_remote_code=trust_remote_code),
     )
-    model.config.pad_token_id = pad_token_id
-    return _finish(model, model_config, gradient_checkpointing)
+    return _prepare_if_quantized(model, model_config, gradient_checkpointing)
+
+
+# -------------------------------------------------------------------------------------------- adapter dirs
+def is_adapter_dir(path: str | Path) -> bool:
+    """A PEFT adapter dir (LoRA weights + the base they were trained on), as opposed to a whole model."""
+    return (Path(path) / ADAPTER_CONFIG).exists()
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model an adapter dir was trained on (resolved like any model name)."""
+    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+    return resolve_model_path(config["base_model_name_or_path"])
+
+
+def load_lora_config(adapter_dir: str | Path) -> LoraConfig:
+    return LoraConfig.from_pretrained(str(adapter_dir))
+
+
+def merge_adapter_into(model: PreTrainedModel, adapter_dir: str | Path) -> PreTrainedModel:
+    """`model` with the adapter in `adapter_dir` merged into its weights (a plain model again)."""
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+def load_unsharded(
+    model_config: ModelConfig, adapter_dir: str | Path | None = None, path: str | Path | None = None
+) -> PreTrainedModel:
+    """The config's model (or the one at `path`), unquantised, with `adapter_dir` merged in: whole weights on this
+    process alone.
+
+    For work on the main process only (merging, gold evaluation): under ZeRO-3 a model loaded the usual way
+    would be a set of empty shards that only all processes together can run.
+    """
+    with zero3_init_disabled():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path) if path else resolve_model_path(model_config.model_name_or_path),
+            revision=None if path else model_config.model_revision,
+            dtype=resolve_dtype(model_config.dtype),
+            trust_remote_code=getattr(model_config, "trust_remote_code", False),
+        )
+        if adapter_dir is not None:
+            model = merge_adapter_into(model, adapter_dir)
+    return model
+
+
+def merge_adapter(model_config: ModelConfig, adapter_dir: Path, merged_dir: Path) -> torch.nn.Module:
+    """Base (unquantised, in the config's dtype) + adapter, merged and saved as a standalone model.
+
+    The base is reloaded without bitsandbytes because LoRA deltas cannot be merged into 8/4-bit weights exactly.
+    """
+    merged = load_unsharded(model_config, adapter_dir)
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+    return merged
+
+
+def load_pretrained(path: str | Path, adapter_dir: str | Path | None = None) -> PreTrainedModel:
+    """A saved causal LM as it was written (eval mode), optionally with an adapter merged in: for evaluation."""
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    if adapter_dir is not None:
+        model = merge_adapter_into(model, adapter_dir)
+    return model.eval()
+
+
+def load_for_inference(
+    path: str, dtype: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Any model dir we write (merged model, LoRA adapter onto its base, a stage dir) or a Hub id, for generation."""
+    found = resolve_inference_model(path)
+    kwargs = {"dtype": resolve_dtype(dtype)} if dtype else {}
+    if found.base is not None:
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(found.base, **kwargs), found.model
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(found.model, **kwargs)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model.eval(), load_tokenizer(found.tokenizer)
 
 
 def lora_config(

@@ -19,7 +19,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,54 +26,19 @@ import yaml
 from transformers.utils import logging as hf_logging
 
 from .data import load_split
+from .modeling import load_for_inference
 from .outputs import claim_run_dir
+from .pipeline_config import PipelineConfig
 from .ppo import PPORecipe
 from .recipe import Recipe, RecipeResult
+from .report import evaluate_run, print_table
 from .reward.collect import export_for_ranking, import_ranked
 from .reward.recipe import RewardRecipe
 from .reward.sampling import drop_empty_answers, rank_with, sample_answers
 from .sft import SFTRecipe
-from .tiny.task import DEFAULT_TASK, SimulatedLabeller
+from .tasks import get_task
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PipelineConfig:
-    """Top-level keys of a pipeline YAML; `sft`, `reward` and `ppo` hold each stage's config (a `config:` path to a
-    stage YAML and/or its keys), with `model_name_or_path`, data and output paths filled in by the pipeline."""
-
-    run_dir: str = "runs/pipeline"
-    seed: int = 0
-    rounds: int = 1
-    labeller: str = (
-        "simulated"  # "simulated" (the embedded task's judge + noise) or "human" (JSONL round trip)
-    )
-    labeller_noise: float = 0.05
-    prompts_dataset: str = "rlhf-hf/tiny-sort-prompts"
-    rank_prompts: int = 600  # prompts per round whose K sampled answers get ranked
-    sample_k: int = 4
-    sample_temperature: float = 1.0
-    sample_max_new_tokens: int = 16
-    eval_prompts: int = 200
-    eval_every_checkpoint: bool = True  # gold vs RM score at every PPO checkpoint (over-optimisation curve)
-    force: bool = False
-    quiet: bool = False  # stage output to run_dir/logs/*.log; the console shows one line per stage
-    sft: dict[str, Any] = field(default_factory=dict)
-    reward: dict[str, Any] = field(default_factory=dict)
-    ppo: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        values.update(overrides)
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := sorted(set(values) - known):
-            raise ValueError(f"pipeline config {path}: unknown key(s) {unknown}")
-        config = cls(**values)
-        config.base_dir = Path(path).resolve().parent  # stage `config:` paths are relative to this file
-        config.source = str(path)  # named by errors in its stage sections
-        return config
 
 
 class PausedForRanking(RuntimeError):
@@ -87,13 +51,16 @@ class RLHFPipeline:
     def __init__(self, config: PipelineConfig, labeller=None) -> None:
         self.config = config
         self.run_dir = Path(config.run_dir)
-        self.labeller = labeller or (
-            SimulatedLabeller(DEFAULT_TASK, noise=config.labeller_noise, seed=config.seed)
-            if config.labeller == "simulated"
-            else None
-        )
         if config.labeller not in ("simulated", "human") and labeller is None:
             raise ValueError(f"labeller must be 'simulated' or 'human', got {config.labeller!r}")
+        self.task = get_task(config.task)
+        if labeller is None and config.labeller == "simulated":
+            if self.task is None:
+                raise ValueError(
+                    "labeller: simulated ranks by a task's gold judge: set `task` (e.g. tiny-sort)"
+                )
+            labeller = self.task.labeller(noise=config.labeller_noise, seed=config.seed)
+        self.labeller = labeller
         self.timings: list[tuple[str, float, str]] = []
 
     @classmethod
@@ -106,15 +73,16 @@ class RLHFPipeline:
         the paths the pipeline fills in; errors name the pipeline file and the section."""
         values = dict(getattr(self.config, section))
         config_file = values.pop("config", None)
-        where = f"{getattr(self.config, 'source', 'pipeline config')}, section `{section}`"
+        where = f"{self.config.config_file or 'pipeline config'}, section `{section}`"
         recipe_cls.check_keys(values, where=where)
-        merged = {"seed": self.config.seed, **values, **fixed, "overwrite_output_dir": True}
+        defaults = {"seed": self.config.seed, "task": self.config.task}
+        merged = {**defaults, **values, **fixed, "overwrite_output_dir": True}
         try:
             if config_file is None:
                 return recipe_cls.from_dict(merged)
             path = Path(config_file)
             if not path.is_absolute():
-                path = getattr(self.config, "base_dir", Path.cwd()) / path
+                path = Path(self.config.config_dir or Path.cwd()) / path
             if not path.is_file():
                 raise FileNotFoundError(f"{where}: stage config file {path} does not exist")
             return recipe_cls.from_yaml(path, **merged)
@@ -157,7 +125,7 @@ class RLHFPipeline:
             if prompts is None or "prompt" not in prompts.column_names:
                 found = "no train split" if prompts is None else f"columns {prompts.column_names}"
                 raise ValueError(
-                    f"{getattr(self.config, 'source', 'pipeline config')}, {where}: {name!r} needs a train split "
+                    f"{self.config.config_file or 'pipeline config'}, {where}: {name!r} needs a train split "
                     f"with a `prompt` column ({found})"
                 )
 
@@ -224,18 +192,16 @@ class RLHFPipeline:
             self._run_stage(f"{r}. PPO", ppo_dir, build=lambda r=r: self.stage_recipes(r)["ppo"])
             policy_model = str(ppo_dir / "merged")
 
-        from .report import evaluate_run
-
         eval_start = time.time()
         with self._stage_output("evaluation"):
-            summary = evaluate_run(self, sft_model)
-        self.timings.append(
-            (
-                "evaluation",
-                time.time() - eval_start,
-                f"win rate vs SFT {summary['win_rate_vs_sft']:.2f}, RM gold-pair acc. {summary['rm_accuracy']:.2f}",
+            summary = evaluate_run(cfg, run, sft_model)
+        headline = f"win rate vs SFT (RM) {summary['win_rate_vs_sft_rm']:.2f}"
+        if "win_rate_vs_sft" in summary:  # gold numbers: only with a task
+            headline = (
+                f"win rate vs SFT {summary['win_rate_vs_sft']:.2f}, "
+                f"RM gold-pair acc. {summary['rm_accuracy']:.2f}"
             )
-        )
+        self.timings.append(("evaluation", time.time() - eval_start, headline))
         summary["seconds"] = time.time() - start
         summary["stages"] = [{"stage": n, "seconds": s, "metric": m} for n, s, m in self.timings]
         (run / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -293,8 +259,6 @@ class RLHFPipeline:
         return rows
 
     def _sample(self, policy_model: str, round_index: int) -> list[dict]:
-        from .serve import load_for_inference
-
         cfg = self.config
         prompts = load_split(cfg.prompts_dataset, "train")["prompt"]
         n = cfg.rank_prompts
@@ -314,13 +278,13 @@ class RLHFPipeline:
 
     # ------------------------------------------------------------------------------------------ output
     def print_summary(self, summary: dict[str, Any]) -> None:
-        from .report import print_table
-
         print_table(summary["policies"])
         print(f"\n{'stage':<28}{'seconds':>9}  key metric")
         for name, seconds, metric in self.timings:
             print(f"{name:<28}{seconds:>9.1f}  {metric}")
         print(f"{'total':<28}{summary['seconds']:>9.1f}")
+        if "gold_score_sft" not in summary:  # no task, no gold judge
+            return
         print(
             f"\ngold score: SFT {summary['gold_score_sft']:.2f} -> PPO {summary['gold_score_ppo']:.2f} "
             f"(win rate vs SFT {summary['win_rate_vs_sft']:.2f}, KL {summary['kl']:.2f})"

@@ -1,7 +1,9 @@
-"""What every stage shares: the config mixin, YAML/CLI parsing with TRL's `TrlParser`, and the Recipe shape.
+"""What every stage shares: the config mixin, YAML/CLI parsing with TRL's `TrlParser`, and the Recipe lifecycle.
 
 A stage's config is ONE flat dataclass: `RecipeArgs` + the stage's TRL/transformers `TrainingArguments` subclass
 + `trl.ModelConfig`, so a YAML file reads like a TRL script's and unknown keys are rejected by the parser.
+`Recipe.run()` is the one sequence every stage follows; a stage overrides its steps (`prepare_data`, `train`,
+`save`, `finish`).
 """
 
 from __future__ import annotations
@@ -12,17 +14,22 @@ import difflib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
 import yaml
-from transformers import PreTrainedTokenizerBase
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl import ModelConfig, TrlParser
 
-from .modeling import load_tokenizer
+from .data import train_eval_splits
+from .evaluation import gold_eval
+from .modeling import load_tokenizer, zero3_init_disabled
 from .outputs import finish_output_dir, prepare_output_dir
+from .tasks import Task, get_task
 
 
 @dataclass
@@ -51,6 +58,13 @@ class RecipeArgs:
             "a dir with other files, `.`, home or a git checkout is refused)."
         },
     )
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "The task whose gold judge scores the model (`tiny-sort` for the embedded default); "
+            "none: no gold metrics."
+        },
+    )
 
     def __post_init__(self) -> None:
         # TRL defaults bf16 to True, which refuses to start on a machine without bf16 (e.g. CPU CI): pick per device.
@@ -62,6 +76,7 @@ class RecipeArgs:
                 # TRL casts the trainable weights of a k-bit model to bf16 (QLoRA) and relies on bf16 autocast,
                 # which transformers allows on a CPU only with `use_cpu`.
                 self.bf16 = self.use_cpu = True
+        get_task(self.task)  # an unknown name fails now, listing the known ones
         if isinstance(self, ModelConfig):
             ModelConfig.__post_init__(self)
         resume = getattr(self, "resume_from_checkpoint", None)
@@ -174,7 +189,69 @@ class Recipe:
 
     # ---------------------------------------------------------------- running
     def run(self) -> RecipeResult:
+        """Train and write `config.output_dir`; the same order for every stage.
+
+        Everything that can fail cheaply (tokenizer, data validation, the output dir) comes before a model loads.
+        Training and saving run on every process (saving is collective under DeepSpeed); merging, gold
+        evaluation and `metrics.json` on the main process only; then all processes meet.
+        """
+        start = time.time()
+        tokenizer = self.load_tokenizer()
+        data, metrics = self.prepare_data(tokenizer)
+        output_dir = self.check_output_dir()
+        trainer = self.train(tokenizer, data, metrics)
+        self.save(trainer, tokenizer, output_dir, metrics)
+        if trainer.is_world_process_zero():
+            self.finish(trainer, tokenizer, output_dir, metrics)
+            metrics["seconds"] = time.time() - start
+            self.write_metrics(output_dir, metrics)
+        trainer.accelerator.wait_for_everyone()
+        return RecipeResult(output_dir=str(output_dir), metrics=metrics)
+
+    def train_eval_splits(self) -> tuple[Dataset, Dataset | None]:
+        """The config's train and eval splits; `eval_fraction` of train is held out when there is no test split."""
+        cfg = self.config
+        return train_eval_splits(
+            cfg.dataset_name,
+            cfg.dataset_config,
+            cfg.dataset_train_split,
+            cfg.dataset_test_split,
+            cfg.eval_fraction,
+            cfg.seed,
+        )
+
+    def prepare_data(self, tokenizer: PreTrainedTokenizerBase) -> tuple[Any, dict[str, Any]]:
+        """The stage's data, loaded and validated (no model loaded yet), and the metrics it starts with."""
         raise NotImplementedError
+
+    def train(self, tokenizer: PreTrainedTokenizerBase, data: Any, metrics: dict[str, Any]) -> Trainer:
+        """Load the model, train it, add the training metrics; returns the trainer (every process)."""
+        raise NotImplementedError
+
+    def save(
+        self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path, metrics: dict[str, Any]
+    ) -> None:
+        """Every process: `save_model` gathers DeepSpeed/FSDP shards, the main process writes."""
+        trainer.save_model(str(output_dir))
+
+    def finish(
+        self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path, metrics: dict[str, Any]
+    ) -> None:
+        """Main process only, after saving: the tokenizer, merged models, gold evaluation."""
+        tokenizer.save_pretrained(output_dir)
+
+    # ---------------------------------------------------------------- gold evaluation
+    @property
+    def gold_task(self) -> Task | None:
+        """The config's task when gold evaluation is asked for (`task` set and `eval_gold_prompts` > 0)."""
+        if not getattr(self.config, "eval_gold_prompts", 0):
+            return None
+        return get_task(self.config.task)
+
+    def gold_metrics(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        """Greedy answers of `policy` to the task's held-out prompts, scored by its gold judge (main process)."""
+        with zero3_init_disabled():  # else generate() under ZeRO-3 waits for the other processes
+            return gold_eval(policy, tokenizer, self.config.eval_gold_prompts, task=self.gold_task)
 
     def check_output_dir(self, write: bool = True) -> Path:
         """Refuse a non-empty output dir unless resuming, or overwriting an earlier run of ours (`outputs.py`).

@@ -8,32 +8,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from .generation import encode_prompts, generate
-from .modeling import load_tokenizer, resolve_dtype, resolve_inference_model
+from .generation import encode_prompts, generate, generate_ids, sampling_config
+from .modeling import load_for_inference
 from .outputs import MARKER, clear_output_dir, finish_output_dir, read_marker, start_output_dir
 
 HELP = "commands: /help, /reset (forget the conversation), /exit (quit; or Ctrl-D, Ctrl-C)"
-
-
-def load_for_inference(
-    path: str, dtype: str | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Any model dir we write (merged model, LoRA adapter onto its base, a stage dir) or a Hub id, for generation."""
-    found = resolve_inference_model(path)
-    kwargs = {"dtype": resolve_dtype(dtype)} if dtype else {}
-    if found.base is not None:
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(found.base, **kwargs)
-        model = PeftModel.from_pretrained(base, found.model)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(found.model, **kwargs)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return model.eval(), load_tokenizer(found.tokenizer)
 
 
 def chat(
@@ -91,17 +72,11 @@ def chat(
         if dropped:
             print(f"(context full: the oldest {dropped} message(s) were left out)", file=stdout, flush=True)
         batch = encode_prompts(tokenizer, [history]).to(model.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {}
+        config = sampling_config(
+            tokenizer, max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature
+        )
         try:
-            with torch.no_grad():
-                out = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    streamer=streamer,
-                    **({"do_sample": False} | sampling),
-                )
+            out = generate_ids(model, batch["input_ids"], batch["attention_mask"], config, streamer=streamer)
         except KeyboardInterrupt:
             history.pop()
             streamer.end()

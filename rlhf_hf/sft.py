@@ -6,21 +6,19 @@ The merged dir (`<output_dir>/merged`) is what the reward-model and PPO stages l
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from peft import PeftModel
-from transformers import set_seed
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from .data import train_eval_splits, validate_sft_dataset
-from .modeling import load_causal_lm, lora_config, resolve_model_path, zero3_init_disabled
+from .data import validate_sft_dataset
+from .modeling import load_causal_lm, load_unsharded, lora_config, merge_adapter
 from .outputs import AtomicCheckpoints
-from .recipe import Recipe, RecipeArgs, RecipeResult
-from .tiny.model import TINY_MODEL_ID
+from .recipe import Recipe, RecipeArgs
+from .tasks import TINY_MODEL_ID
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ class SFTRecipeConfig(RecipeArgs, SFTConfig, ModelConfig):
         default=True, metadata={"help": "Also write base+adapter merged into `<output_dir>/merged`."}
     )
     eval_gold_prompts: int = field(
-        default=200, metadata={"help": "Held-out prompts scored by the gold judge (embedded task only)."}
+        default=200, metadata={"help": "Held-out prompts scored by the task's gold judge (with `task` set)."}
     )
 
 
@@ -65,19 +63,9 @@ class SFTRecipe(Recipe):
     config_class = SFTRecipeConfig
     name = "sft"
 
-    def run(self) -> RecipeResult:
+    def prepare_data(self, tokenizer: PreTrainedTokenizerBase) -> tuple[tuple[Dataset, Dataset | None], dict]:
         cfg: SFTRecipeConfig = self.config
-        start = time.time()
-        # ---- 1. everything that can fail cheaply, before a model is loaded or a file written
-        tokenizer = self.load_tokenizer()
-        train, evaluation = train_eval_splits(
-            cfg.dataset_name,
-            cfg.dataset_config,
-            cfg.dataset_train_split,
-            cfg.dataset_test_split,
-            cfg.eval_fraction,
-            cfg.seed,
-        )
+        train, evaluation = self.train_eval_splits()
         train, report = validate_sft_dataset(
             train, tokenizer, max_length=cfg.max_length, drop_long_rows=cfg.drop_long_rows, where="train"
         )
@@ -91,9 +79,15 @@ class SFTRecipe(Recipe):
             )
         if report.format != "messages":
             cfg.assistant_only_loss = False  # TRL supports it for conversational data only
-        output_dir = self.check_output_dir()
+        metrics = {"train_rows": len(train), "dropped_too_long": len(report.dropped_too_long)}
+        return (train, evaluation), metrics
 
-        # ---- 2. model + LoRA, trained by TRL (seeded first: LoRA's random init must not depend on the launcher)
+    def train(
+        self, tokenizer: PreTrainedTokenizerBase, data: tuple[Dataset, Dataset | None], metrics: dict
+    ) -> SFTTrainer:
+        """Model + LoRA, trained by TRL (seeded first: LoRA's random init must not depend on the launcher)."""
+        cfg: SFTRecipeConfig = self.config
+        train, evaluation = data
         if evaluation is not None:
             # The loss before training is measured inside train(), once Accelerate has prepared the model: an
             # evaluate() before train() marks the model prepared without its DDP wrapper, and train() then runs
@@ -111,10 +105,6 @@ class SFTRecipe(Recipe):
             processing_class=tokenizer,
             peft_config=lora_config(cfg),
         )
-        metrics: dict[str, float] = {
-            "train_rows": len(train),
-            "dropped_too_long": len(report.dropped_too_long),
-        }
         train_out = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
         metrics["train_loss"] = train_out.training_loss
         if evaluation is not None:
@@ -122,64 +112,19 @@ class SFTRecipe(Recipe):
                 h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h
             )
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        return trainer
 
-        # ---- 3. save: adapter (or full model) + tokenizer, then the merged model for the next stages
-        trainer.save_model(str(output_dir))  # every process (it gathers ZeRO-3 shards), the main one writes
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(output_dir)
-            gold_task = bool(
-                cfg.dataset_name
-                and cfg.dataset_name.startswith("rlhf-hf/tiny-sort")
-                and cfg.eval_gold_prompts
-            )
-            policy = trainer.model
-            if cfg.use_peft and cfg.merge:
-                policy = merge_adapter(cfg, output_dir, output_dir / "merged")
-                tokenizer.save_pretrained(output_dir / "merged")
-            elif gold_task and is_deepspeed_zero3_enabled():  # the trained weights are shards: a whole copy
-                policy = load_whole(cfg, output_dir) if cfg.use_peft else load_whole(cfg, path=output_dir)
-            if gold_task:
-                from .evaluation import gold_eval
-
-                with zero3_init_disabled():  # else generate() under ZeRO-3 waits for the other processes
-                    gold = gold_eval(policy, tokenizer, cfg.eval_gold_prompts)
-                metrics.update({f"gold_{k}": v for k, v in gold.items()})
-            metrics["seconds"] = time.time() - start
-            self.write_metrics(output_dir, metrics)
-        trainer.accelerator.wait_for_everyone()
-        return RecipeResult(output_dir=str(output_dir), metrics=metrics)
-
-
-def merge_adapter(cfg: ModelConfig, adapter_dir: Path, merged_dir: Path) -> torch.nn.Module:
-    """Base (unquantised, in the config's dtype) + adapter, merged and saved as a standalone model.
-
-    The base is reloaded without bitsandbytes because LoRA deltas cannot be merged into 8/4-bit weights exactly.
-    """
-    merged = load_whole(cfg, adapter_dir)
-    merged.save_pretrained(merged_dir, safe_serialization=True)
-    return merged
-
-
-def load_whole(
-    cfg: ModelConfig, adapter_dir: Path | None = None, path: str | Path | None = None
-) -> torch.nn.Module:
-    """The config's model (or the one at `path`), unquantised, with `adapter_dir` merged in: whole weights on this
-    process alone.
-
-    For work on the main process only (merging, gold evaluation): under ZeRO-3 a model loaded the usual way
-    would be a set of empty shards that only all processes together can run.
-    """
-    from transformers import AutoModelForCausalLM
-
-    from .modeling import resolve_dtype
-
-    with zero3_init_disabled():
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path) if path else resolve_model_path(cfg.model_name_or_path),
-            revision=None if path else cfg.model_revision,
-            dtype=resolve_dtype(cfg.dtype),
-            trust_remote_code=getattr(cfg, "trust_remote_code", False),
-        )
-        if adapter_dir is not None:
-            model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    return model
+    def finish(
+        self, trainer: SFTTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path, metrics: dict
+    ) -> None:
+        """Tokenizer, the merged model for the next stages, gold evaluation of the trained policy."""
+        cfg: SFTRecipeConfig = self.config
+        tokenizer.save_pretrained(output_dir)
+        policy = trainer.model
+        if cfg.use_peft and cfg.merge:
+            policy = merge_adapter(cfg, output_dir, output_dir / "merged")
+            tokenizer.save_pretrained(output_dir / "merged")
+        elif self.gold_task and is_deepspeed_zero3_enabled():  # the trained weights are shards: a whole copy
+            policy = load_unsharded(cfg, output_dir) if cfg.use_peft else load_unsharded(cfg, path=output_dir)
+        if self.gold_task:
+            metrics.update({f"gold_{k}": v for k, v in self.gold_metrics(policy, tokenizer).items()})

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_base() -> Path:
-    from rlhf_hf.tiny.model import get_tiny_base
+    from rlhf_hf.tasks.tiny.model import get_tiny_base
 
     return get_tiny_base()
 

@@ -23,8 +23,8 @@ from trl import ModelConfig
 
 from rlhf_hf import SFTRecipe
 from rlhf_hf.modeling import load_tokenizer, lora_config
-from rlhf_hf.tiny.model import cache_dir
-from rlhf_hf.tiny.task import DEFAULT_TASK
+from rlhf_hf.tasks.tiny.model import cache_dir
+from rlhf_hf.tasks.tiny_sort import DEFAULT_TASK
 
 REPO = Path(__file__).resolve().parents[1]
 SFT_CONFIG = REPO / "recipes" / "configs" / "sft_tiny.yaml"

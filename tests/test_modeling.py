@@ -58,7 +58,7 @@ def test_default_chat_template_has_generation_markers_and_masks_the_answer():
 
 
 def test_existing_chat_template_is_kept(tiny_base):
-    from rlhf_hf.tiny.model import CHAT_TEMPLATE
+    from rlhf_hf.tasks.tiny.model import CHAT_TEMPLATE
 
     assert load_tokenizer(str(tiny_base)).chat_template == CHAT_TEMPLATE
 

@@ -20,6 +20,7 @@ def _config(tmp_path, **top) -> PipelineConfig:
     values = {
         "run_dir": str(tmp_path / "run"),
         "rounds": 1,
+        "task": "tiny-sort",
         "rank_prompts": 48,
         "eval_prompts": 32,
         "sft": {"config": str(CONFIGS / "sft_tiny.yaml"), "max_steps": 30, "eval_gold_prompts": 0},

@@ -15,19 +15,19 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM
 
 from rlhf_hf import PPORecipe, PPORecipeConfig
 from rlhf_hf.cli import recipes
 from rlhf_hf.data import load_split
 from rlhf_hf.generation import encode_prompts, generate
-from rlhf_hf.modeling import load_tokenizer
+from rlhf_hf.modeling import load_classifier, load_for_inference, load_tokenizer
 from rlhf_hf.outputs import STAGING_DIR
 from rlhf_hf.ppo import core
 from rlhf_hf.ppo.recipe import validate_prompts
 from rlhf_hf.ppo.roles import POLICY, REWARD, VALUE, PPOModel, build_ppo_model, position_ids
 from rlhf_hf.ppo.trainer import PPOTrainer
-from rlhf_hf.serve import load_for_inference
+from rlhf_hf.reward.model import score
 
 REPO = Path(__file__).resolve().parents[1]
 PPO_TINY = REPO / "recipes" / "configs" / "ppo_tiny.yaml"
@@ -173,7 +173,7 @@ def test_value_function_starts_as_the_reward_model(sft_dir, rm_dir, tmp_path):
     ids = tokenizer(["<|user|> sort 3 1 <|end|> <|assistant|> 1 3 <|end|>"], return_tensors="pt")["input_ids"]
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        score = model.scores(ids, mask, torch.tensor([ids.shape[1] - 1]))
+        score = model.scores(ids, mask)
         value = model.values(ids, mask, 1)  # value at the state before the last token = hidden[-2]
         value_last = model.values(torch.cat([ids, ids[:, :1]], 1), torch.cat([mask, mask[:, :1]], 1), 1)
     assert value.shape == (1, 1)
@@ -264,7 +264,7 @@ def test_static_cache_samples_the_same_answers_from_fixed_width_prompts(sft_dir,
         torch.testing.assert_close(getattr(dynamic, name), getattr(static, name), msg=name)
 
 
-def test_pad_equal_to_eos_scores_the_last_real_token(sft_dir, rm_dir, prompts, tmp_path):
+def test_pad_equal_to_eos_scores_what_the_reward_model_scores(sft_dir, rm_dir, prompts, tmp_path):
     tokenizer = load_tokenizer(str(sft_dir))
     tokenizer.pad_token = tokenizer.eos_token  # the ambiguous case: "first pad" would be the eos itself
     cfg = make_config(sft_dir, rm_dir, tmp_path, max_new_tokens=10, per_device_train_batch_size=8)
@@ -273,16 +273,17 @@ def test_pad_equal_to_eos_scores_the_last_real_token(sft_dir, rm_dir, prompts, t
     rollout = trainer.rollout(prompts["prompt"][:16])
     lengths = rollout.answer_mask.sum(1).long()
     assert (lengths < rollout.answer_width).any(), "need answers that ended early and were padded with eos"
-    # Reference: the RM as a standalone classifier, one unpadded row at a time (its last token is the answer's).
-    rm = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1, dtype=torch.float32)
-    rm = PeftModel.from_pretrained(rm, str(rm_dir)).eval()
-    rm.config.pad_token_id = None
+    # Reference: the RM stage's own scoring of the same conversations, with the same tokenizer (pad == eos).
+    rm = PeftModel.from_pretrained(load_classifier(str(sft_dir), dtype=torch.float32), str(rm_dir)).eval()
+    texts = [
+        tokenizer.decode(rollout.answer_ids[i, : lengths[i]], skip_special_tokens=True).strip()
+        for i in range(16)
+    ]
+    expected = score(rm, tokenizer, prompts["prompt"][:16], texts)
+    # the same conversations batched with other padding widths: fp32 rounding of the same model
+    torch.testing.assert_close(rollout.raw_scores, torch.tensor(expected), atol=1e-5, rtol=1.3e-6)
     for i in range(16):
         row = rollout.input_ids[i][rollout.attention_mask[i].bool()]
-        with torch.no_grad():
-            expected = rm(input_ids=row[None]).logits[0, 0]
-        # unpadded single row vs a padded batch: fp32 rounding of the same model (torch's fp32 defaults)
-        assert rollout.raw_scores[i].item() == pytest.approx(expected.item(), rel=1.3e-6, abs=1e-5), i
         eos_count = int((row[-int(lengths[i]) :] == tokenizer.eos_token_id).sum())
         assert eos_count == int(rollout.has_eos[i])  # exactly the answer's own eos is inside the mask
 

@@ -25,8 +25,9 @@ from rlhf_hf.reward.loss import ranked_loss
 from rlhf_hf.reward.model import load_reward_model, score
 from rlhf_hf.reward.sampling import drop_empty_answers, rank_with, sample_answers
 from rlhf_hf.reward.trainer import RankedCollator, RankedRewardTrainer, prepare_ranked
-from rlhf_hf.tiny.model import TINY_CONFIG, build_tokenizer
-from rlhf_hf.tiny.task import DEFAULT_TASK, SimulatedLabeller
+from rlhf_hf.tasks import SimulatedLabeller
+from rlhf_hf.tasks.tiny.model import TINY_CONFIG, build_tokenizer
+from rlhf_hf.tasks.tiny_sort import DEFAULT_TASK
 
 ROOT = Path(__file__).resolve().parents[1]
 REWARD_TINY_YAML = ROOT / "recipes" / "configs" / "reward_tiny.yaml"
@@ -56,7 +57,7 @@ def ranked_rows(n: int, k: int = 3, seed: int = 0) -> list[dict]:
         best = DEFAULT_TASK.digits_of(prompt)
         answers = [" ".join(sorted(best))] + [" ".join(DEFAULT_TASK.corrupt(best, rng)) for _ in range(k - 1)]
         rows.append({"prompt": prompt, "responses": answers})
-    return rank_with(SimulatedLabeller(DEFAULT_TASK, noise=0.0), rows)
+    return rank_with(SimulatedLabeller(DEFAULT_TASK.score, noise=0.0), rows)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -333,7 +334,7 @@ def test_sample_export_rank_import_round_trip(sft_run, tmp_path):
     assert again == rows  # seeded
 
     path = export_for_ranking(rows, tmp_path / "to_rank.jsonl", seed=0)
-    judge = SimulatedLabeller(DEFAULT_TASK, noise=0.0)
+    judge = SimulatedLabeller(DEFAULT_TASK.score, noise=0.0)
     filled = []
     for line in path.read_text().splitlines():  # a "human" fills in the ranks by response id
         record = json.loads(line)

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf_hf.evaluation import gold_prompts
 from rlhf_hf.generation import encode_prompts, generate
 from rlhf_hf.serve import chat, export, generate_file, load_for_inference
+from rlhf_hf.tasks import get_task
 
 
 def test_chat_repl_multi_turn_reset_and_exit(sft_run):
@@ -64,7 +65,7 @@ def test_export_reloads_with_plain_transformers_and_gives_the_same_greedy_output
     assert plain_tok.chat_template and (out / "model.safetensors").exists()
     card = (out / "README.md").read_text()
     assert "gold_score" in card and "reward model" in card
-    prompts = gold_prompts(16)
+    prompts = gold_prompts(16, get_task("tiny-sort"))
     ref_model, ref_tok = load_for_inference(str(merged))
     with torch.no_grad():
         assert generate(plain, plain_tok, prompts) == generate(ref_model, ref_tok, prompts)

@@ -17,6 +17,9 @@ from rlhf_hf.data import load_split
 from rlhf_hf.evaluation import gold_eval, gold_prompts
 from rlhf_hf.generation import encode_prompts
 from rlhf_hf.modeling import load_tokenizer
+from rlhf_hf.tasks import get_task
+
+TINY_SORT = get_task("tiny-sort")
 
 
 def test_sft_lowers_eval_loss_and_beats_the_base_on_held_out_prompts(sft_run, tiny_base):
@@ -24,7 +27,7 @@ def test_sft_lowers_eval_loss_and_beats_the_base_on_held_out_prompts(sft_run, ti
     m = result.metrics
     assert m["eval_loss"] < 0.5 * m["eval_loss_before"]
     base_gold = gold_eval(
-        AutoModelForCausalLM.from_pretrained(tiny_base), load_tokenizer(str(tiny_base)), 100
+        AutoModelForCausalLM.from_pretrained(tiny_base), load_tokenizer(str(tiny_base)), 100, task=TINY_SORT
     )
     assert m["gold_score"] > base_gold["score"] + 0.3
     assert m["gold_score"] > 0.85  # it learned the format and mostly sorts
@@ -47,7 +50,7 @@ def test_merged_model_generates_exactly_like_adapter_on_base(sft_run, tiny_base)
     adapted = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_base), str(merged_dir.parent)
     )
-    batch = encode_prompts(tok, gold_prompts(32))
+    batch = encode_prompts(tok, gold_prompts(32, TINY_SORT))
     kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
     with torch.no_grad():
         a = merged.generate(**batch, **kwargs)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_hf.tiny import DEFAULT_TASK, SimulatedLabeller, SortTask, build_tiny_model, build_tokenizer
-from rlhf_hf.tiny.model import get_tiny_base
+from rlhf_hf.tasks import SimulatedLabeller
+from rlhf_hf.tasks.tiny.model import build_tiny_model, build_tokenizer, get_tiny_base
+from rlhf_hf.tasks.tiny_sort import DEFAULT_TASK, SortTask
 
 
 def test_tokenizer_is_rebuilt_identically_and_round_trips_the_chat_template():
@@ -52,7 +53,7 @@ def test_judge_reads_chat_prompts():
 
 def test_demonstrations_are_sloppy_at_the_configured_rate_and_mistakes_always_cost_score():
     task = SortTask(demo_error_rate=0.3)
-    rows = task.sft_rows(2000, seed=0)
+    rows = task.demonstrations(2000, seed=0)
     scores = [task.score(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows]
     wrong = sum(s < 1.0 for s in scores) / len(scores)
     assert 0.26 < wrong < 0.34
@@ -64,13 +65,13 @@ def test_demonstrations_are_sloppy_at_the_configured_rate_and_mistakes_always_co
 
 
 def test_noiseless_labeller_ranks_by_gold_score_with_ties():
-    labeller = SimulatedLabeller(DEFAULT_TASK, noise=0.0)
+    labeller = SimulatedLabeller(DEFAULT_TASK.score, noise=0.0)
     assert labeller("sort 3 1 2", ["1 3 2", "1 2 3", "", "1 2 3"]) == [2, 1, 3, 1]
 
 
 def test_noisy_labeller_is_seeded_and_mostly_right():
-    a = SimulatedLabeller(DEFAULT_TASK, noise=0.05, seed=1)
-    b = SimulatedLabeller(DEFAULT_TASK, noise=0.05, seed=1)
+    a = SimulatedLabeller(DEFAULT_TASK.score, noise=0.05, seed=1)
+    b = SimulatedLabeller(DEFAULT_TASK.score, noise=0.05, seed=1)
     responses = ["1 3 2", "1 2 3", "2 1 3", "1 2"]
     assert a("sort 3 1 2", responses) == b("sort 3 1 2", responses)
     # the best answer (1.0) beats the runner-up "1 2" (0.9) unless noise flips a 0.1 gap: P ~ Phi(0.1 / 0.0707)
@@ -82,7 +83,7 @@ def test_pretrained_base_is_cached_and_has_learned_the_corpus(tiny_base, monkeyp
     def no_pretraining(*args, **kwargs):
         raise AssertionError("the cached base was trained again")
 
-    monkeypatch.setattr("rlhf_hf.tiny.model.pretrain_tiny_base", no_pretraining)
+    monkeypatch.setattr("rlhf_hf.tasks.tiny.model.pretrain_tiny_base", no_pretraining)
     assert get_tiny_base() == tiny_base  # second call hits the cache
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
     tok = AutoTokenizer.from_pretrained(tiny_base)

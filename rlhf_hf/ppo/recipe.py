@@ -9,18 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import time
 from pathlib import Path
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from ..data import load_split
-from ..modeling import zero3_init_disabled
-from ..recipe import Recipe, RecipeResult
-from ..sft import load_whole, merge_adapter
+from ..modeling import is_adapter_dir, load_unsharded, merge_adapter, zero3_init_disabled
+from ..recipe import Recipe
 from .config import PPORecipeConfig
-from .roles import POLICY, build_ppo_model, is_adapter_dir
+from .roles import POLICY, PPOModel, build_ppo_model
 from .trainer import PPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -66,11 +64,8 @@ class PPORecipe(Recipe):
     config_class = PPORecipeConfig
     name = "ppo"
 
-    def run(self) -> RecipeResult:
+    def prepare_data(self, tokenizer: PreTrainedTokenizerBase) -> tuple[tuple[Dataset, Dataset | None], dict]:
         cfg: PPORecipeConfig = self.config
-        start = time.time()
-        # ---- 1. everything that can fail cheaply, before a model is loaded or a file written
-        tokenizer = self.load_tokenizer()
         prompts = load_split(cfg.dataset_name, cfg.dataset_train_split, cfg.dataset_config)
         if prompts is None:
             raise ValueError(f"Dataset {cfg.dataset_name!r} has no split {cfg.dataset_train_split!r}")
@@ -82,56 +77,58 @@ class PPORecipe(Recipe):
                 raise ValueError(f"PPO-ptx data {cfg.ptx_dataset_name!r} needs a `text` column")
         if not Path(cfg.reward_model_path).is_dir():
             raise ValueError(f"reward_model_path {cfg.reward_model_path!r} is not a directory")
-        output_dir = self.check_output_dir()
+        return (prompts, ptx), {"train_prompts": len(prompts)}
 
-        # ---- 2. one base, four roles; PPO on Trainer's machinery
-        model = build_ppo_model(cfg, tokenizer.pad_token_id)
+    def train(
+        self, tokenizer: PreTrainedTokenizerBase, data: tuple[Dataset, Dataset | None], metrics: dict
+    ) -> PPOTrainer:
+        """One base, four roles; PPO on Trainer's machinery. The gold score before PPO is the SFT model's."""
+        cfg: PPORecipeConfig = self.config
+        prompts, ptx = data
+        self.model = model = build_ppo_model(cfg, tokenizer.pad_token_id)
         trainer = PPOTrainer(
             model=model, args=cfg, processing_class=tokenizer, train_dataset=prompts, ptx_dataset=ptx
         )
         if model.reward_stats is None and cfg.normalize_reward:
             logger.warning("No reward_stats.json in %s: scores are not normalised", cfg.reward_model_path)
-        # Under several processes only the main one evaluates and writes.
-        main = trainer.is_world_process_zero()
-        gold = self._gold_task(cfg)
-        metrics: dict[str, float] = {"train_prompts": len(prompts)}
-        if gold and main:
-            from ..evaluation import gold_eval
-
+        if self.gold_task and trainer.is_world_process_zero():  # only the main process evaluates
             if trainer.is_zero3:  # the live weights are shards: evaluate a whole copy, alone
                 with zero3_init_disabled():
-                    before = gold_eval(load_whole(cfg), tokenizer, cfg.eval_gold_prompts)
+                    before = self.gold_metrics(load_unsharded(cfg), tokenizer)
             else:
                 with model.adapter(None):  # the SFT model, i.e. the policy before PPO
-                    before = gold_eval(model.causal_lm, tokenizer, cfg.eval_gold_prompts)
+                    before = self.gold_metrics(model.causal_lm, tokenizer)
             metrics.update({f"gold_{k}_before": v for k, v in before.items()})
         trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+        return trainer
 
-        # ---- 3. outputs: adapters, merged policy, metrics
-        trainer.save_model(str(output_dir))  # every process (collective), the main one writes
+    def save(
+        self, trainer: PPOTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path, metrics: dict
+    ) -> None:
+        """Adapters (every process: collective) and the run's headline metrics."""
+        cfg: PPORecipeConfig = self.config
+        trainer.save_model(str(output_dir))
         history = [h for h in trainer.state.log_history if "objective/scores" in h]
         metrics.update(summarize(history))
         metrics["reward_model"] = "adapter" if is_adapter_dir(cfg.reward_model_path) else "model"
-        if main:
-            (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
-            policy = model.causal_lm
-            if cfg.merge:
-                policy = merge_adapter(cfg, output_dir / POLICY, output_dir / "merged")
-                tokenizer.save_pretrained(output_dir / "merged")
-            elif gold and trainer.is_zero3:
-                policy = load_whole(cfg, output_dir / POLICY)
-            if gold:
-                with model.adapter(POLICY), zero3_init_disabled():
-                    after = gold_eval(policy, tokenizer, cfg.eval_gold_prompts)
-                metrics.update({f"gold_{k}": v for k, v in after.items()})
-            metrics["seconds"] = time.time() - start
-            self.write_metrics(output_dir, metrics)
-        trainer.accelerator.wait_for_everyone()
-        return RecipeResult(output_dir=str(output_dir), metrics=metrics)
 
-    @staticmethod
-    def _gold_task(cfg: PPORecipeConfig) -> bool:
-        return bool(cfg.eval_gold_prompts and (cfg.dataset_name or "").startswith("rlhf-hf/tiny-sort"))
+    def finish(
+        self, trainer: PPOTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path, metrics: dict
+    ) -> None:
+        """Log history, the merged policy, gold evaluation of the trained policy."""
+        cfg: PPORecipeConfig = self.config
+        model: PPOModel = self.model
+        (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+        policy = model.causal_lm
+        if cfg.merge:
+            policy = merge_adapter(cfg, output_dir / POLICY, output_dir / "merged")
+            tokenizer.save_pretrained(output_dir / "merged")
+        elif self.gold_task and trainer.is_zero3:
+            policy = load_unsharded(cfg, output_dir / POLICY)
+        if self.gold_task:
+            with model.adapter(POLICY):
+                after = self.gold_metrics(policy, tokenizer)
+            metrics.update({f"gold_{k}": v for k, v in after.items()})
 
 
 def summarize(history: list[dict], window: int = 3) -> dict[str, float]:

@@ -25,23 +25,27 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoModelForSequenceClassification, GenerationConfig, PreTrainedModel, set_seed
+from transformers import GenerationConfig, PreTrainedModel, set_seed
 
+from ..generation import generate_ids
 from ..modeling import (
+    is_adapter_dir,
     is_quantized,
     load_causal_lm,
+    load_classifier,
+    load_lora_config,
     lora_config,
+    merge_adapter_into,
     model_kwargs,
-    resolve_model_path,
     zero3_init_disabled,
 )
-from ..reward.model import IDENTITY_STATS, normalize, read_stats
+from ..reward.model import IDENTITY_STATS, normalize, pooled_index, read_stats
 from .config import PPORecipeConfig
 
 logger = logging.getLogger(__name__)
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
-ADAPTER_FILE, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+ADAPTER_FILE = "adapter_model.safetensors"
 HEAD_FILE = "value_head.safetensors"
 
 
@@ -62,6 +66,38 @@ def last_hidden(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     return out.last_hidden_state
 
 
+def answer_logits(
+    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, width: int, with_hidden: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Next-token logits for the last `width` tokens, from the model's own forward (and its final hidden states
+    there when `with_hidden`).
+
+    The model's forward applies whatever its head does (Granite's `logits_scaling`, Cohere's `logit_scale`,
+    Gemma-2's softcapping, ...), so these are the logits `generate` samples from; `logits_to_keep` projects only
+    the `width` positions that predict those tokens, never the prompt's. The hidden states are taken from the
+    backbone's output by a hook: `output_hidden_states` would keep every layer's.
+    """
+    length = input_ids.shape[1]
+    keep = slice(length - width - 1, length - 1)
+    captured: list[Tensor] = []
+    hook = None
+    if with_hidden:
+        backbone = getattr(model, model.base_model_prefix)
+        hook = backbone.register_forward_hook(lambda module, args, out: captured.append(out[0][:, keep]))
+    try:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+            logits_to_keep=width + 1,  # an int: the form every causal LM's forward takes (one spare position)
+        )
+    finally:
+        if hook is not None:
+            hook.remove()
+    return out.logits[:, :-1], captured[0] if with_hidden else None
+
+
 def scalar_head(weight: Tensor) -> nn.Linear:
     head = nn.Linear(weight.shape[-1], 1, bias=False, device=weight.device, dtype=torch.float32)
     with torch.no_grad():
@@ -78,7 +114,8 @@ class PPOModel(nn.Module):
 
     `forward` is the training pass (policy logits on the answer + values, and the PPO-ptx LM loss); the other
     methods are the no-grad rollout passes. Sequences are `[left-padded prompt | answer of width T]`; the logits
-    and values for answer token t come from position P - 1 + t, i.e. `hidden[:, -T - 1 : -1]`.
+    and values for answer token t come from position P - 1 + t, i.e. `hidden[:, -T - 1 : -1]`. The reward reads
+    the conversation as the RM stage does (`reward.model.conversation_batch`, right-padded, `pooled_index`).
     """
 
     def __init__(
@@ -92,9 +129,10 @@ class PPOModel(nn.Module):
         value_model: PreTrainedModel | None = None,
         reward_stats: dict | None = None,
         normalize_values: bool = False,
+        pad_token_id: int | None = None,
     ) -> None:
         super().__init__()
-        self.lm, self.critic = lm, critic
+        self.lm, self.critic, self.pad_token_id = lm, critic, pad_token_id
         self.value_head, self.reward_head = value_head, reward_head
         self.reward_model, self.value_model = reward_model, value_model
         self.reward_stats = reward_stats
@@ -177,25 +215,22 @@ class PPOModel(nn.Module):
         with self.adapter(adapter):
             return last_hidden(self.causal_lm, input_ids, attention_mask)
 
-    def answer_logits(self, hidden: Tensor, answer_width: int) -> Tensor:
-        """Next-token logits for the answer tokens only (the prompt's are never needed)."""
-        logits = self.causal_lm.get_output_embeddings()(hidden[:, -answer_width - 1 : -1])
-        cap = getattr(self.causal_lm.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
-
     def policy(
         self, input_ids: Tensor, attention_mask: Tensor, answer_width: int
     ) -> tuple[Tensor, Tensor | None]:
         """Policy logits on the answer, and the values too when the critic is a head on the policy."""
-        hidden = self.hidden(input_ids, attention_mask, POLICY)
-        logits = self.answer_logits(hidden, answer_width)
+        with self.adapter(POLICY):
+            logits, hidden = answer_logits(
+                self.causal_lm, input_ids, attention_mask, answer_width, with_hidden=self.critic == "head"
+            )
         if self.critic == "head":
-            return logits, self._values(self.value_head, hidden[:, -answer_width - 1 : -1])
+            return logits, self._values(self.value_head, hidden)
         return logits, None
 
     def reference(self, input_ids: Tensor, attention_mask: Tensor, answer_width: int) -> Tensor:
         """The SFT model's logits: the shared base with all adapters off."""
-        return self.answer_logits(self.hidden(input_ids, attention_mask, None), answer_width)
+        with self.adapter(None):
+            return answer_logits(self.causal_lm, input_ids, attention_mask, answer_width)[0]
 
     def values(self, input_ids: Tensor, attention_mask: Tensor, answer_width: int) -> Tensor:
         """V(state before answer token t), [B, T], for the adapter and model critics."""
@@ -208,19 +243,22 @@ class PPOModel(nn.Module):
     def _values(self, head: nn.Linear, hidden: Tensor) -> Tensor:
         return normalize(apply_head(head, hidden), self.value_stats)
 
-    def scores(self, input_ids: Tensor, attention_mask: Tensor, last_index: Tensor) -> Tensor:
-        """Reward-model score read at `last_index`, the last real token of each answer (never a pad position)."""
+    def scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The reward model's score of right-padded conversations (`reward.model.conversation_batch`), read at
+        `reward.model.pooled_index`: the tokens and the position the RM stage trains and scores with."""
         if self.reward_model is not None:
-            hidden, head = last_hidden(self.reward_model, input_ids, attention_mask), self.reward_model.score
-        else:
-            hidden, head = self.hidden(input_ids, attention_mask, REWARD), self.reward_head
-        rows = torch.arange(len(last_index), device=hidden.device)
-        return apply_head(head, hidden[rows, last_index]).float()
+            out = self.reward_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            return out.logits[:, 0].float()
+        hidden = self.hidden(input_ids, attention_mask, REWARD)
+        index = pooled_index(input_ids, self.pad_token_id)
+        return apply_head(
+            self.reward_head, hidden[torch.arange(len(index), device=hidden.device), index]
+        ).float()
 
     def ptx_loss(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Next-token loss of the policy on right-padded pretraining text (PPO-ptx)."""
-        hidden = self.hidden(input_ids, attention_mask, POLICY)
-        logits = self.answer_logits(hidden, input_ids.shape[1] - 1)  # predictions for tokens 1..L-1
+        with self.adapter(POLICY):  # predictions for tokens 1..L-1
+            logits, _ = answer_logits(self.causal_lm, input_ids, attention_mask, input_ids.shape[1] - 1)
         labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
@@ -257,9 +295,7 @@ class PPOModel(nn.Module):
         width, size = input_ids.shape[1], batch_size or len(input_ids)
         with self.merged_policy() if merge else self.adapter(POLICY):
             answers = [
-                self.causal_lm.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=generation_config
-                )[:, width:]
+                generate_ids(self.causal_lm, ids, mask, generation_config)[:, width:]
                 for ids, mask in zip(input_ids.split(size), attention_mask.split(size), strict=True)
             ]
         longest = max(a.shape[1] for a in answers)
@@ -303,17 +339,13 @@ class PPOModel(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------- construction
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).exists()
-
-
 def _reward_adapter(lm: PeftModel, reward_dir: Path) -> tuple[LoraConfig, Tensor]:
     """Load a SEQ_CLS LoRA adapter onto the causal LM as adapter `reward`; return its config and score weight.
 
     The causal LM has no `score` module, so the LoRA weights go into a fresh causal-LM adapter and the head
     (saved through `modules_to_save=["score"]`) is read from the adapter file into our own head.
     """
-    config = LoraConfig.from_pretrained(str(reward_dir))
+    config = load_lora_config(reward_dir)
     config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, False
     lm.add_adapter(REWARD, config)
     weights = load_file(reward_dir / ADAPTER_FILE)
@@ -334,14 +366,13 @@ def _copy_adapter(lm: PeftModel, source: str, target: str) -> None:
     set_peft_model_state_dict(lm, get_peft_model_state_dict(lm, adapter_name=source), adapter_name=target)
 
 
-def _classifier(cfg: PPORecipeConfig, path: str, pad_token_id: int, **extra) -> PreTrainedModel:
-    kwargs = model_kwargs(cfg, trust_remote_code=cfg.trust_remote_code) | extra
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
-    model.config.pad_token_id = pad_token_id
-    return model
+def _classifier(cfg: PPORecipeConfig, path: str, pad_token_id: int) -> PreTrainedModel:
+    return load_classifier(
+        path, pad_token_id=pad_token_id, **model_kwargs(cfg, trust_remote_code=cfg.trust_remote_code)
+    )
 
 
-def _whole(weight: nn.Parameter) -> Tensor:
+def _gathered_copy(weight: nn.Parameter) -> Tensor:
     """A copy of the whole tensor, also when DeepSpeed ZeRO-3 loaded it as an empty shard (`zero3_init_flag`)."""
     if not hasattr(weight, "ds_id"):
         return weight.detach().clone()
@@ -386,7 +417,7 @@ def build_ppo_model(cfg: PPORecipeConfig, pad_token_id: int) -> PPOModel:
     else:
         reward_model = _classifier(cfg, str(reward_dir), pad_token_id)
         reward_model.requires_grad_(False)
-        score = _whole(reward_model.score.weight)
+        score = _gathered_copy(reward_model.score.weight)
         if cfg.critic == "adapter":
             lm.add_adapter(VALUE, lora_config(cfg))
     if cfg.critic in ("adapter", "head"):
@@ -407,6 +438,7 @@ def build_ppo_model(cfg: PPORecipeConfig, pad_token_id: int) -> PPOModel:
         value_model=value_model,
         reward_stats=read_stats(reward_dir, missing=None),  # the recipe warns when normalising without
         normalize_values=cfg.normalize_reward,
+        pad_token_id=pad_token_id,
     )
 
 
@@ -418,5 +450,5 @@ def _value_model(cfg: PPORecipeConfig, reward_dir: Path, pad_token_id: int) -> P
         raise ValueError("critic: model trains a full model: it cannot be built from a quantized base")
     # Merging needs whole weights: under ZeRO-3 load them whole here; DeepSpeed shards the result at `prepare`.
     with zero3_init_disabled():
-        base = _classifier(cfg, resolve_model_path(cfg.model_name_or_path), pad_token_id)
-        return PeftModel.from_pretrained(base, str(reward_dir)).merge_and_unload()
+        base = _classifier(cfg, cfg.model_name_or_path, pad_token_id)
+        return merge_adapter_into(base, reward_dir)

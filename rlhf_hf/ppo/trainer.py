@@ -26,14 +26,14 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import Tensor
-from transformers import GenerationConfig, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import TrainOutput
 
-from ..generation import answer_lengths, as_messages, encode_prompts
+from ..generation import as_messages, decode_answers, encode_prompts, sampling_config
 from ..outputs import AtomicCheckpoints, resolve_checkpoint
-from ..reward.model import normalize
+from ..reward.model import conversation_batch, normalize
 from . import core
 from .config import PPORecipeConfig
 from .roles import PPOModel
@@ -139,15 +139,13 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
             else core.FixedKLController(args.kl_coef)
         )
         tokenizer = processing_class
-        self.generation_config = GenerationConfig(
+        self.generation_config = sampling_config(
+            tokenizer,
             max_new_tokens=args.max_new_tokens,
-            min_new_tokens=args.min_new_tokens or None,
+            min_new_tokens=args.min_new_tokens,
             do_sample=True,
             temperature=args.temperature,
             top_p=args.top_p,
-            top_k=0,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
             cache_implementation=args.cache_implementation,
         )
         if args.activation_checkpointing:  # Trainer.train() would do this; our train() replaces it
@@ -295,12 +293,14 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
         width = batch["input_ids"].shape[1]
         answer_ids = sequences[:, width:]
         # Everything after the first eos is not part of the answer, whatever its id (pad may equal eos).
-        lengths, has_eos = answer_lengths(answer_ids, tokenizer.eos_token_id)
+        texts, lengths, has_eos = decode_answers(tokenizer, answer_ids)
         answer_mask = torch.arange(answer_ids.shape[1], device=device) < lengths[:, None]
         answer_ids = answer_ids.masked_fill(~answer_mask, tokenizer.pad_token_id)
         input_ids = torch.cat([batch["input_ids"], answer_ids], dim=1)
         attention_mask = torch.cat([batch["attention_mask"], answer_mask.long()], dim=1)
-        last_index = width + lengths - 1  # the last real answer token: the eos, or the last token if cut off
+        # The reward model scores the conversation as the RM stage does: the templated prompt + answer text (with
+        # whatever the template puts after the answer's eos, e.g. ChatML's "\n"), read at the same position.
+        conversations = {k: v.to(device) for k, v in conversation_batch(tokenizer, prompts, texts).items()}
 
         parts: dict[str, list[Tensor]] = {
             k: [] for k in ("logprobs", "ref_logprobs", "entropy", "values", "raw")
@@ -324,7 +324,12 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
                 if values is None:
                     values = roles.values(ids, mask, T)
                 parts["values"].append(values.float())
-                parts["raw"].append(roles.scores(ids, mask, last_index[i : i + chunk]))
+                parts["raw"].append(
+                    roles.scores(
+                        conversations["input_ids"][i : i + chunk],
+                        conversations["attention_mask"][i : i + chunk],
+                    )
+                )
         cat = {k: torch.cat(v) for k, v in parts.items()}
         scoring_seconds = self.clock() - start - generation_seconds
         mask_f = answer_mask.float()

@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.trainer.utils import pad
 
 from ..generation import as_messages
-from ..modeling import load_tokenizer, resolve_dtype, resolve_model_path
+from ..modeling import (
+    adapter_base,
+    is_adapter_dir,
+    load_classifier,
+    load_tokenizer,
+    merge_adapter_into,
+    resolve_dtype,
+)
 from .data import Text
 
 logger = logging.getLogger(__name__)
@@ -58,6 +65,26 @@ def pad_right(
             masks, padding_value=0, padding_side="right", pad_to_multiple_of=pad_to_multiple_of
         ),
     }
+
+
+def pooled_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Per row, the position a reward is read at: the rightmost token that is not pad.
+
+    This is the rule of transformers' sequence classifiers (`GenericForSequenceClassification`), which the RM
+    stage trains and scores with; PPO reads its reward head at the same position of the same tokens. With
+    pad == eos a final eos counts as padding, so the reward sits on the token before it.
+    """
+    positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    return (positions * (input_ids != pad_token_id)).argmax(-1)
+
+
+def conversation_batch(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Text], responses: Sequence[Text]
+) -> dict[str, torch.Tensor]:
+    """Right-padded reward-model input for (prompt, response) pairs: the tokens the RM stage trains and scores."""
+    return pad_right(
+        [encode(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)], tokenizer.pad_token_id
+    )
 
 
 @torch.no_grad()
@@ -134,27 +161,14 @@ def load_reward_model(
     caller always gets a plain `AutoModelForSequenceClassification`.
     """
     path = Path(path)
-    adapter_config = path / "adapter_config.json"
-    if adapter_config.exists():
-        from peft import PeftModel
-
-        base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        base = _load_classifier(resolve_model_path(base_path), dtype)
-        model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    dtype = resolve_dtype(dtype or "float32")
+    if is_adapter_dir(path):
+        model = merge_adapter_into(load_classifier(adapter_base(path), dtype=dtype), path)
     else:
-        model = _load_classifier(str(path), dtype)
+        model = load_classifier(str(path), dtype=dtype)
     tokenizer = load_tokenizer(str(path))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer, read_stats(path)
-
-
-def _load_classifier(path: str, dtype: str | torch.dtype | None) -> PreTrainedModel:
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    with suppress_seqcls_warning():  # a causal-LM checkpoint has no `score` head yet: expected, not an error
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=resolve_dtype(dtype or "float32")
-        )
 
 
 def _pad_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:

@@ -1,7 +1,7 @@
 """Step 2, the reward model: the SFT model + a scalar head, trained on K ranked answers per prompt.
 
 Data is either a ranked/pairwise dataset (any format `reward.data.to_ranked` reads) or, with `labeller`,
-K answers sampled from the SFT model per prompt and ranked by a simulated labeller (the embedded task).
+K answers sampled from the SFT model per prompt and ranked by a simulated labeller (the config's `task`).
 
 Output (the contract PPO loads): `<output_dir>/` = LoRA adapter (SEQ_CLS, `score` head in modules_to_save,
 base = the SFT dir) or, with `use_peft: false`, the full model; tokenizer; `reward_stats.json` (reward mean/std
@@ -21,17 +21,18 @@ from peft import TaskType
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, RewardConfig
 
-from ..data import train_eval_splits
 from ..evaluation import gold_prompts
 from ..modeling import (
     load_sequence_classifier,
+    load_unsharded,
     lora_config,
 )
-from ..recipe import Recipe, RecipeArgs, RecipeResult
-from ..tiny.task import DEFAULT_TASK, SimulatedLabeller
+from ..recipe import Recipe, RecipeArgs
+from ..tasks import get_task
+from .metrics import ranking_metrics
 from .model import load_reward_model, reward_stats, score_ids, write_stats
 from .sampling import drop_empty_answers, rank_with, sample_answers
-from .trainer import PreparedRanked, RankedRewardTrainer, prepare_ranked, ranking_metrics
+from .trainer import PreparedRanked, RankedRewardTrainer, prepare_ranked
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
     )
     labeller: str | None = field(
         default=None,
-        metadata={"help": "`simulated`: sample `sample_k` answers per prompt and rank them (embedded task)."},
+        metadata={
+            "help": "`simulated`: sample `sample_k` answers per prompt, ranked by the task's judge + noise."
+        },
     )
     labeller_noise: float = field(default=0.05, metadata={"help": "Std of the simulated labeller's noise."})
     sample_k: int = field(default=4, metadata={"help": "Answers sampled per prompt (K)."})
@@ -84,13 +87,15 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
     sample_batch_size: int = field(default=256, metadata={"help": "Prompts x K generated per batch."})
     eval_gold_prompts: int = field(
         default=200,
-        metadata={"help": "Held-out prompts for gold pair accuracy (embedded task only; 0 = off)."},
+        metadata={"help": "Held-out prompts for gold pair accuracy (with `labeller` and `task`; 0 = off)."},
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.labeller is not None and self.labeller not in LABELLERS:
             raise ValueError(f"labeller must be one of {list(LABELLERS)} or null, got {self.labeller!r}")
+        if self.labeller == "simulated" and self.task is None:
+            raise ValueError("labeller: simulated ranks by a task's gold judge: set `task` (e.g. tiny-sort)")
         if self.ties not in TIES:
             raise ValueError(f"ties must be one of {list(TIES)}, got {self.ties!r}")
 
@@ -99,15 +104,18 @@ class RewardRecipe(Recipe):
     config_class = RewardRecipeConfig
     name = "reward"
 
-    def run(self) -> RecipeResult:
-        cfg: RewardRecipeConfig = self.config
-        start = time.time()
+    def __init__(self, config: RewardRecipeConfig) -> None:
+        super().__init__(config)
+        config.model_name_or_path = _absolute_if_local(config.model_name_or_path)  # recorded in the adapter
+        self.stats: dict[str, Any] = {}
+
+    def prepare_data(
+        self, tokenizer: PreTrainedTokenizerBase
+    ) -> tuple[tuple[PreparedRanked, PreparedRanked | None, list[dict]], dict[str, Any]]:
+        """Ranked rows (sampled + labelled, or read), validated and tokenised before the RM loads."""
         self.check_output_dir(
             write=False
         )  # refuses a dir it may not write to now, before minutes of sampling
-        cfg.model_name_or_path = _absolute_if_local(cfg.model_name_or_path)  # recorded in the adapter config
-        tokenizer = self.load_tokenizer()
-        # ---- 1. data: ranked rows (sampled + labelled, or read), validated and tokenised before the RM loads
         train_rows, eval_rows, gold_rows, metrics = self._collect(tokenizer)
         train = self._prepare(train_rows, tokenizer, "train")
         evaluation = self._prepare(eval_rows, tokenizer, "eval") if eval_rows is not None else None
@@ -117,24 +125,31 @@ class RewardRecipe(Recipe):
             dropped_all_tied=train.report.n_dropped_all_tied,
             dropped_too_long=len(train.dropped_too_long),
         )
-        output_dir = self.check_output_dir()
+        return (train, evaluation, gold_rows), metrics
 
-        # ---- 2. the SFT model + scalar head, trained by (our subclass of) TRL's RewardTrainer
+    def train(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        data: tuple[PreparedRanked, PreparedRanked | None, list[dict]],
+        metrics: dict[str, Any],
+    ) -> RankedRewardTrainer:
+        """The SFT model + scalar head, trained by (our subclass of) TRL's RewardTrainer; then reward statistics
+        on the training responses and held-out metrics (every process scores)."""
+        cfg: RewardRecipeConfig = self.config
+        train, evaluation, gold_rows = data
         trainer = self._trainer(tokenizer, train, evaluation)
         train_start = time.time()
         metrics["train_loss"] = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint).training_loss
         metrics["train_seconds"] = time.time() - train_start
         model = trainer.model
-
-        # ---- 3. reward statistics on the training responses, held-out metrics, artifacts
         rewards = score_ids(
             model, _flat(train.dataset["answer_ids"]), tokenizer.pad_token_id, cfg.eval_batch_size
         )
         reference = (
             f"train responses ({len(rewards)} answers to {len(train.rows)} prompts of {cfg.dataset_name})"
         )
-        stats = reward_stats(rewards, reference)
-        metrics.update(reward_mean=stats["mean"], reward_std=stats["std"])
+        self.stats = reward_stats(rewards, reference)
+        metrics.update(reward_mean=self.stats["mean"], reward_std=self.stats["std"])
         if evaluation is not None:
             held_out = ranking_metrics(model, tokenizer, evaluation.rows, batch_size=cfg.eval_batch_size)
             metrics.update({f"eval_{k}": v for k, v in held_out.items()})
@@ -145,12 +160,24 @@ class RewardRecipe(Recipe):
                 gold_pairs=gold["pairs"],
                 gold_kendall_tau=gold["kendall_tau"],
             )
-        self._save(trainer, tokenizer, output_dir, stats)
-        metrics["seconds"] = time.time() - start
-        if trainer.is_world_process_zero():
-            self.write_metrics(output_dir, metrics)
-        trainer.accelerator.wait_for_everyone()
-        return RecipeResult(output_dir=str(output_dir), metrics=metrics)
+        return trainer
+
+    def finish(
+        self,
+        trainer: RankedRewardTrainer,
+        tokenizer: PreTrainedTokenizerBase,
+        output_dir: Path,
+        metrics: dict,
+    ) -> None:
+        """Tokenizer + stats; `merged/` reloads base + adapter unquantised and merges."""
+        cfg: RewardRecipeConfig = self.config
+        tokenizer.save_pretrained(output_dir)
+        write_stats(output_dir, self.stats)
+        if cfg.use_peft and cfg.merge:
+            merged, _, _ = load_reward_model(output_dir, dtype=cfg.dtype)
+            merged.save_pretrained(output_dir / "merged", safe_serialization=True)
+            tokenizer.save_pretrained(output_dir / "merged")
+            write_stats(output_dir / "merged", self.stats)
 
     # ------------------------------------------------------------------------------------------ data
     def _collect(
@@ -158,14 +185,7 @@ class RewardRecipe(Recipe):
     ) -> tuple[list[dict], list[dict] | None, list[dict], dict[str, Any]]:
         """(train rows, eval rows, gold-ranked rows, metrics): read from the dataset or sampled and labelled."""
         cfg: RewardRecipeConfig = self.config
-        train, evaluation = train_eval_splits(
-            cfg.dataset_name,
-            cfg.dataset_config,
-            cfg.dataset_train_split,
-            cfg.dataset_test_split,
-            cfg.eval_fraction,
-            cfg.seed,
-        )
+        train, evaluation = self.train_eval_splits()
         if cfg.max_prompts is not None:
             train = train.select(range(min(cfg.max_prompts, len(train))))
         if cfg.labeller is None:
@@ -188,8 +208,9 @@ class RewardRecipe(Recipe):
         """K answers per prompt from the SFT model, ranked by the simulated labeller (gold rows: noiselessly)."""
         cfg: RewardRecipeConfig = self.config
         start = time.time()
+        task = get_task(cfg.task)
         policy = _load_policy(cfg)
-        labeller = SimulatedLabeller(DEFAULT_TASK, noise=cfg.labeller_noise, seed=cfg.seed)
+        labeller = task.labeller(noise=cfg.labeller_noise, seed=cfg.seed)
 
         def sampled(prompts: list, seed: int) -> tuple[list[dict], int]:
             rows = sample_answers(
@@ -214,8 +235,8 @@ class RewardRecipe(Recipe):
             eval_rows = rank_with(labeller, eval_rows)
         gold_rows: list[dict] = []
         if cfg.eval_gold_prompts:  # ranked by the noiseless judge: pairs with different gold scores count
-            gold_rows, _ = sampled(gold_prompts(cfg.eval_gold_prompts), cfg.seed + 2)
-            gold_rows = rank_with(SimulatedLabeller(DEFAULT_TASK, noise=0.0), gold_rows)
+            gold_rows, _ = sampled(gold_prompts(cfg.eval_gold_prompts, task), cfg.seed + 2)
+            gold_rows = rank_with(task.labeller(noise=0.0), gold_rows)
         return (
             train_rows,
             eval_rows,
@@ -239,15 +260,12 @@ class RewardRecipe(Recipe):
         self, tokenizer: PreTrainedTokenizerBase, train: PreparedRanked, evaluation: PreparedRanked | None
     ) -> RankedRewardTrainer:
         cfg: RewardRecipeConfig = self.config
-        from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-        with suppress_seqcls_warning():  # the SFT checkpoint has no `score` head yet: expected
-            model = load_sequence_classifier(
-                cfg,
-                pad_token_id=tokenizer.pad_token_id,
-                trust_remote_code=cfg.trust_remote_code,
-                gradient_checkpointing=cfg.activation_checkpointing,
-            )
+        model = load_sequence_classifier(
+            cfg,
+            pad_token_id=tokenizer.pad_token_id,
+            trust_remote_code=cfg.trust_remote_code,
+            gradient_checkpointing=cfg.activation_checkpointing,
+        )
         return RankedRewardTrainer(
             model=model,
             args=cfg,
@@ -258,35 +276,13 @@ class RewardRecipe(Recipe):
             margin_scale=cfg.margin_scale,
         )
 
-    def _save(
-        self, trainer: RankedRewardTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path, stats: dict
-    ) -> None:
-        """Adapter (or full model) + tokenizer + stats; `merged/` reloads base + adapter unquantised and merges.
-
-        Called on every process: `save_model` is collective under DeepSpeed/FSDP (it gathers the shards); the rest
-        is written by the main process only.
-        """
-        cfg: RewardRecipeConfig = self.config
-        trainer.save_model(str(output_dir))
-        if not trainer.is_world_process_zero():
-            return
-        tokenizer.save_pretrained(output_dir)
-        write_stats(output_dir, stats)
-        if cfg.use_peft and cfg.merge:
-            merged, _, _ = load_reward_model(output_dir, dtype=cfg.dtype)
-            merged.save_pretrained(output_dir / "merged", safe_serialization=True)
-            tokenizer.save_pretrained(output_dir / "merged")
-            write_stats(output_dir / "merged", stats)
-
 
 def _load_policy(cfg: RewardRecipeConfig) -> PreTrainedModel:
     """The SFT model to sample from, unquantised (sampling quality should not depend on the RM's bit width).
 
     Whole on every process, also under DeepSpeed ZeRO-3: it is used outside any DeepSpeed engine.
     """
-    from ..sft import load_whole
-
-    return load_whole(cfg).to(cfg.device)
+    return load_unsharded(cfg).to(cfg.device)
 
 
 def _absolute_if_local(name_or_path: str) -> str:

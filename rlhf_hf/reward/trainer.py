@@ -25,8 +25,7 @@ from trl import RewardConfig, RewardTrainer
 from ..outputs import AtomicCheckpoints
 from .data import RankedReport, pairs_from_ranks, to_ranked, validate_ranked
 from .loss import ranked_loss
-from .metrics import load_metric
-from .model import encode, pad_right, score
+from .model import encode, pad_right
 
 COLUMNS = ["answer_ids", "ranks", "scores"]
 
@@ -185,39 +184,3 @@ class RankedRewardTrainer(AtomicCheckpoints, RewardTrainer):
                 value = self.accelerator.gather_for_metrics(value).nanmean().item()
                 if not math.isnan(value):
                     metrics[name].append(value)
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def ranking_metrics(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    batch_size: int = 64,
-) -> dict[str, float]:
-    """Held-out quality of a reward model on ranked rows: pairwise accuracy, mean Kendall tau, loss, rewards.
-
-    Every answer is scored once; pairwise accuracy and tau come from the shipped `evaluate` modules.
-    """
-    prompts = [row["prompt"] for row in rows for _ in row["responses"]]
-    responses = [r for row in rows for r in row["responses"]]
-    rewards = score(model, tokenizer, prompts, responses, batch_size)
-    sizes = [len(row["responses"]) for row in rows]
-    grouped, start = [], 0
-    for k in sizes:
-        grouped.append(rewards[start : start + k])
-        start += k
-    references = [list(row["ranks"]) for row in rows]
-    accuracy = load_metric("pairwise_accuracy").compute(predictions=grouped, references=references)
-    tau = load_metric("kendall_tau").compute(predictions=grouped, references=references)
-    flat_ranks = torch.tensor([r for ranks in references for r in ranks])
-    loss, _ = ranked_loss(torch.tensor(rewards), sizes, flat_ranks)
-    values = torch.tensor(rewards)
-    return {
-        "pairwise_accuracy": accuracy["pairwise_accuracy"],
-        "pairs": accuracy["pairs"],
-        "kendall_tau": tau["kendall_tau"],
-        "loss": loss.item(),
-        "reward_mean": values.mean().item(),
-        "reward_std": values.std(unbiased=False).item(),
-    }

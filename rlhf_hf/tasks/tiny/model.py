@@ -2,6 +2,8 @@
 
 Everything here is deterministic and offline, so tests, the demo and notebooks need no Hub access. The model id
 `rlhf-hf/tiny` resolves to the pretrained base in a local cache directory, built on first use (~30 s on CPU).
+Every builder takes the `Task` whose vocabulary the tokenizer covers and whose corpus the base is pretrained on
+(default: the sort task), so another task gets its own tiny base with no change here.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .task import CORPUS_WORDS, DEFAULT_TASK, DIGITS, INSTRUCTIONS
+from ..base import Task
+from ..tiny_sort import DEFAULT_TASK
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL_ID = "rlhf-hf/tiny"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Extra plain words so the tokenizer can encode short free text (system prompts, notebooks) without <unk> spam.
 EXTRA_WORDS = [
@@ -67,9 +69,9 @@ TINY_CONFIG = dict(
 PRETRAIN_SETTINGS = dict(n_lines=20000, steps=400, batch_size=64, lr=3e-3, seed=0)
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(task: Task = DEFAULT_TASK) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the task's closed vocabulary, with a chat template; rebuilt identically."""
-    vocab_list = SPECIAL_TOKENS + DIGITS + INSTRUCTIONS + CORPUS_WORDS + EXTRA_WORDS
+    vocab_list = SPECIAL_TOKENS + task.vocabulary() + EXTRA_WORDS
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -110,14 +112,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RLHF_HF_CACHE", Path.home() / ".cache" / "rlhf_hf"))
 
 
-def _fingerprint() -> str:
+def _fingerprint(task: Task) -> str:
     """Changes whenever anything that determines the pretrained weights changes, so stale caches are rebuilt."""
     spec = json.dumps(
         {
             "config": TINY_CONFIG,
             "pretrain": PRETRAIN_SETTINGS,
-            "vocab": build_tokenizer().get_vocab(),
-            "task": repr(DEFAULT_TASK),
+            "vocab": build_tokenizer(task).get_vocab(),
+            "task": repr(task),
             "template": CHAT_TEMPLATE,
         },
         sort_keys=True,
@@ -125,7 +127,7 @@ def _fingerprint() -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def pretrain_tiny_base(output_dir: str | Path) -> Path:
+def pretrain_tiny_base(output_dir: str | Path, task: Task = DEFAULT_TASK) -> Path:
     """Plain next-token training of the tiny Llama on the task corpus; saves model + tokenizer to `output_dir`.
 
     Uses `transformers.Trainer` so the run looks like any other HF pretraining job.
@@ -134,9 +136,9 @@ def pretrain_tiny_base(output_dir: str | Path) -> Path:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     settings = PRETRAIN_SETTINGS  # part of the cache fingerprint: change them there, not per call
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(task)
     model = build_tiny_model(tokenizer, seed=settings["seed"])
-    lines = DEFAULT_TASK.corpus(settings["n_lines"], seed=settings["seed"])
+    lines = task.corpus(settings["n_lines"], seed=settings["seed"])
     data = Dataset.from_dict({"text": lines}).map(
         lambda b: tokenizer([tokenizer.bos_token + " " + t + " " + tokenizer.eos_token for t in b["text"]]),
         batched=True,
@@ -174,21 +176,21 @@ def pretrain_tiny_base(output_dir: str | Path) -> Path:
     return output_dir
 
 
-def tiny_base_dir() -> Path:
+def tiny_base_dir(task: Task = DEFAULT_TASK) -> Path:
     """Where the tiny base with today's settings is (or will be) cached."""
-    return cache_dir() / f"tiny-base-{_fingerprint()}"
+    return cache_dir() / f"tiny-base-{_fingerprint(task)}"
 
 
-def get_tiny_base(*, rebuild: bool = False) -> Path:
+def get_tiny_base(task: Task = DEFAULT_TASK, *, rebuild: bool = False) -> Path:
     """Path of the pretrained tiny base, trained once and cached (atomically: a crash leaves no half-written dir)."""
-    target = tiny_base_dir()
+    target = tiny_base_dir(task)
     if (target / "config.json").exists() and not rebuild:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("Pretraining the tiny base model into %s (once; cached afterwards)", target)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-base-", dir=target.parent))
     try:
-        pretrain_tiny_base(staging)
+        pretrain_tiny_base(staging, task)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

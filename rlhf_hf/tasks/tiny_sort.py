@@ -14,14 +14,18 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .base import Prompt, SimulatedLabeller, Task, last_user_turn
+
 DIGITS = [str(d) for d in range(10)]
 INSTRUCTIONS = ["sort", "order"]  # two phrasings of the same request
 CORPUS_WORDS = ["numbers", "sorted", ":", "."]
 
 
 @dataclass(frozen=True)
-class SortTask:
+class SortTask(Task):
     """Prompt/answer generator, sloppy demonstrator and gold judge for the digit-sorting task."""
+
+    name = "tiny-sort"  # a class attribute (no annotation): not a dataclass field, so not in repr (cache key)
 
     min_len: int = 3
     max_len: int = 6
@@ -70,15 +74,13 @@ class SortTask:
         return " ".join(answer)
 
     # ---------------------------------------------------------------- the gold judge
-    def score(self, prompt: str | list[dict], answer: str) -> float:
+    def score(self, prompt: Prompt, answer: str) -> float:
         """Gold score in [0, 1]: 1.0 iff the answer is the sorted input, partial credit otherwise.
 
         Half the credit is the multiset F1 between answer tokens and input digits (nothing lost, nothing invented),
         half the fraction of neighbouring answer tokens in non-decreasing order.
         """
-        if isinstance(prompt, list):  # chat messages: the last user turn holds the request
-            prompt = [m["content"] for m in prompt if m["role"] == "user"][-1]
-        want = Counter(self.digits_of(prompt))
+        want = Counter(self.digits_of(last_user_turn(prompt)))
         got_tokens = answer.split()
         if not got_tokens or not want:
             return 0.0
@@ -98,7 +100,7 @@ class SortTask:
         rng = random.Random(seed)
         return [self.prompt_text(self.sample_digits(rng), rng) for _ in range(n)]
 
-    def sft_rows(self, n: int, seed: int) -> list[dict]:
+    def demonstrations(self, n: int, seed: int) -> list[dict]:
         """Conversational demonstrations, in TRL's `messages` format."""
         rng = random.Random(seed)
         rows = []
@@ -126,29 +128,13 @@ class SortTask:
             lines.append(f"numbers {' '.join(digits)} sorted : {' '.join(answer)} .")
         return lines
 
+    def vocabulary(self) -> list[str]:
+        return DIGITS + INSTRUCTIONS + CORPUS_WORDS
 
-@dataclass
-class SimulatedLabeller:
-    """Ranks K answers by gold score plus Gaussian noise, as a careful but imperfect human would.
-
-    `noise` is the std of the noise added to each score before ranking; answers with equal noisy scores tie.
-    """
-
-    task: SortTask
-    noise: float = 0.05
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
-
-    def rank(self, prompt: str | list[dict], responses: Sequence[str]) -> list[int]:
-        """Ranks (1 = best, ties share a rank) for `responses` to `prompt`."""
-        noisy = [round(self.task.score(prompt, r) + self._rng.gauss(0.0, self.noise), 6) for r in responses]
-        order = sorted(set(noisy), reverse=True)
-        return [order.index(s) + 1 for s in noisy]
-
-    def __call__(self, prompt: str | list[dict], responses: Sequence[str]) -> list[int]:
-        return self.rank(prompt, responses)
+    def category(self, prompt: Prompt) -> str:
+        return "sort"
 
 
 DEFAULT_TASK = SortTask()
+
+__all__ = ["DEFAULT_TASK", "SimulatedLabeller", "SortTask"]
