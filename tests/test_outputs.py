@@ -143,7 +143,7 @@ def test_pipeline_refuses_a_foreign_run_dir_and_export_a_foreign_dir(tmp_path):
     run = tmp_path / "run"
     files = _foreign(run)
     config = tmp_path / "p.yaml"
-    config.write_text(yaml.safe_dump({"run_dir": str(run)}))
+    config.write_text(yaml.safe_dump({"run_dir": str(run), "task": "tiny-sort"}))
     with pytest.raises(
         FileExistsError, match="Refusing to write a pipeline run into .*not written by rlhf-hf"
     ):
@@ -232,7 +232,9 @@ def test_eval_names_the_missing_run_and_the_unfinished_stage(tmp_path):
         main(["eval", "--run", str(tmp_path / "nope")])
     run = tmp_path / "run"
     (run / "sft").mkdir(parents=True)
-    (run / "pipeline.yaml").write_text(yaml.safe_dump({"run_dir": str(run), "rounds": 1}))
+    (run / "pipeline.yaml").write_text(
+        yaml.safe_dump({"run_dir": str(run), "rounds": 1, "task": "tiny-sort"})
+    )
     (run / "sft" / "metrics.json").write_text("{}")
     (run / "round_1" / "reward").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"Stage 1\. reward model of run .* was started but has not"):
