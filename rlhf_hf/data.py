@@ -1,23 +1,21 @@
-"""Dataset loading (Hub id, local file/dir, embedded task) and up-front validation of SFT data.
+"""Dataset loading (Hub id, local file/dir, embedded task) and the train/eval split.
 
-Validation runs before any model is loaded, so a bad row costs seconds, not a failed training run, and every
-error names the row index and the field.
+Each split is converted and validated whole (`validation`) before it is split, so errors name the user's rows.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TypeVar
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from transformers import PreTrainedTokenizerBase
 
 from .modeling import is_missing_local_path
 from .tasks import embedded_dataset, is_embedded_dataset
+from .validation import describe_source
 
-logger = logging.getLogger(__name__)
+Prepared = TypeVar("Prepared")
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -43,126 +41,29 @@ def load_split(name: str, split: str, config: str | None = None) -> Dataset | No
 
 
 def train_eval_splits(
-    name: str, config: str | None, train_split: str, test_split: str | None, eval_fraction: float, seed: int
-) -> tuple[Dataset, Dataset | None]:
-    """Train and eval sets; holds out `eval_fraction` of train when the dataset has no test split."""
+    name: str,
+    config: str | None,
+    train_split: str,
+    test_split: str | None,
+    eval_fraction: float,
+    seed: int,
+    prepare: Callable[[Dataset, str], Prepared],
+) -> tuple[Prepared, Prepared | None]:
+    """Train and eval sets; holds out `eval_fraction` of train when the dataset has no test split.
+
+    `prepare(split, source)` converts and validates a whole split (see `validation`) before it is split or
+    shuffled, so its errors name the user's own rows; it returns anything with `len` and `select`.
+    """
     train = load_split(name, train_split, config)
     if train is None:
         raise ValueError(f"Dataset {name!r} has no split {train_split!r}")
-    evaluation = load_split(name, test_split, config) if test_split else None
-    if evaluation is None and eval_fraction > 0 and len(train) > 1:
-        parts = train.train_test_split(test_size=eval_fraction, seed=seed)
-        train, evaluation = parts["train"], parts["test"]
-    return train, evaluation
-
-
-# ---------------------------------------------------------------------------------------------- SFT validation
-SFTFormat = Literal["messages", "prompt_completion", "text"]
-
-
-@dataclass
-class ValidationReport:
-    format: str
-    n_rows: int
-    dropped_too_long: list[int] = field(default_factory=list)
-
-
-def sft_format(columns: list[str], where: str = "dataset") -> SFTFormat:
-    if "messages" in columns:
-        return "messages"
-    if "prompt" in columns and "completion" in columns:
-        return "prompt_completion"
-    if "text" in columns:
-        return "text"
-    raise ValueError(
-        f"{where}: missing column: SFT data needs `messages`, `prompt` + `completion`, or `text`; "
-        f"found columns {columns}"
-    )
-
-
-def _check_messages(messages: object, row: int, name: str, *, need_assistant: bool) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"row {row}: field `{name}` must be a non-empty list of messages")
-    for j, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(f"row {row}: field `{name}[{j}]` must be a dict with `role` and `content`")
-        content = message["content"]
-        if not isinstance(content, str):
-            raise ValueError(
-                f"row {row}: field `{name}[{j}].content` is {type(content).__name__}, expected a string"
-            )
-        if message["role"] == "assistant" and not content.strip():
-            raise ValueError(f"row {row}: field `{name}[{j}].content` is an empty assistant turn")
-    if need_assistant and not any(m["role"] == "assistant" for m in messages):
-        raise ValueError(f"row {row}: field `{name}` has no assistant turn to learn from")
-
-
-def _check_text(value: object, row: int, name: str) -> None:
-    if not isinstance(value, str):
-        raise ValueError(
-            f"row {row}: field `{name}` is {type(value).__name__}, expected a string or messages"
+    train = prepare(train, describe_source(name, train_split))
+    test = load_split(name, test_split, config) if test_split else None
+    if test is not None:
+        return train, prepare(test, describe_source(name, test_split))
+    if eval_fraction > 0 and len(train) > 1:
+        parts = Dataset.from_dict({"row": range(len(train))}).train_test_split(
+            test_size=eval_fraction, seed=seed
         )
-    if not value.strip():
-        raise ValueError(f"row {row}: field `{name}` is empty")
-
-
-def _row_length(example: dict, fmt: SFTFormat, tokenizer: PreTrainedTokenizerBase) -> int:
-    if fmt == "text":
-        return len(tokenizer(example["text"])["input_ids"])
-    if fmt == "messages":
-        return len(
-            tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True)["input_ids"]
-        )
-    prompt, completion = example["prompt"], example["completion"]
-    if isinstance(prompt, list):
-        return len(
-            tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
-        )
-    return len(tokenizer(prompt + completion)["input_ids"])
-
-
-def validate_sft_dataset(
-    dataset: Dataset,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    max_length: int | None,
-    drop_long_rows: bool = False,
-    where: str = "train",
-) -> tuple[Dataset, ValidationReport]:
-    """Check every row's schema and length; returns the (possibly filtered) dataset and a report.
-
-    Rows longer than `max_length` would be silently truncated by the trainer, cutting off the very answer being
-    learned, so they are an error unless the user opted into dropping them.
-    """
-    fmt = sft_format(dataset.column_names, where)
-    too_long: list[int] = []
-    for i, example in enumerate(dataset):
-        if fmt == "messages":
-            _check_messages(example["messages"], i, "messages", need_assistant=True)
-        elif fmt == "prompt_completion":
-            for name in ("prompt", "completion"):
-                value = example[name]
-                if isinstance(value, list):
-                    _check_messages(value, i, name, need_assistant=name == "completion")
-                else:
-                    _check_text(value, i, name)
-        else:
-            _check_text(example["text"], i, "text")
-        if max_length is not None and (n := _row_length(example, fmt, tokenizer)) > max_length:
-            if not drop_long_rows:
-                raise ValueError(
-                    f"{where} row {i}: field `{'messages' if fmt == 'messages' else fmt}` is {n} tokens, longer "
-                    f"than max_length={max_length}; raise max_length or set `drop_long_rows: true`"
-                )
-            too_long.append(i)
-    if too_long:
-        logger.warning(
-            "%s: dropping %d rows longer than max_length=%s: %s",
-            where,
-            len(too_long),
-            max_length,
-            too_long[:20],
-        )
-        keep = sorted(set(range(len(dataset))) - set(too_long))
-        dataset = dataset.select(keep)
-    return dataset, ValidationReport(fmt, len(dataset), too_long)
+        return train.select(parts["train"]["row"]), train.select(parts["test"]["row"])
+    return train, None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -53,6 +54,11 @@ class RLHFPipeline:
         self.run_dir = Path(config.run_dir)
         if config.labeller not in ("simulated", "human") and labeller is None:
             raise ValueError(f"labeller must be 'simulated' or 'human', got {config.labeller!r}")
+        if "dataset_format" in config.reward and "dataset_name" not in config.reward:
+            raise ValueError(
+                "pipeline config: reward.dataset_format describes reward.dataset_name (a preference dataset to "
+                "train the reward model on instead of sampled and ranked answers); set both or neither"
+            )
         self.task = get_task(config.task)
         if labeller is None and config.labeller == "simulated":
             if self.task is None:
@@ -179,18 +185,50 @@ class RLHFPipeline:
         self._run_stage("1. SFT", sft_dir, build=lambda: self.stage_recipes()["sft"])
         sft_model = str((sft_dir / "merged").resolve())
 
-        policy_model = sft_model
+        policy_model, policy_adapter = sft_model, None
         comparisons: list[dict] = []
+        # A preference dataset in the reward section (Hub id or file, with its `dataset_format`) replaces sampling +
+        # ranking: round 1's reward model is trained on it and serves every round.
+        fixed_data = cfg.reward.get("dataset_name")
         for r in range(1, cfg.rounds + 1):
             round_dir = run / f"round_{r}"
             round_dir.mkdir(exist_ok=True)
-            comparisons += self.comparisons(round_dir, policy_model, r)
-            data_file = round_dir / "reward_data.jsonl"
-            data_file.write_text("".join(json.dumps(row) + "\n" for row in comparisons))
-            rm_dir, ppo_dir = round_dir / "reward", round_dir / "ppo"
-            self._run_stage(f"{r}. reward model", rm_dir, build=lambda r=r: self.stage_recipes(r)["reward"])
-            self._run_stage(f"{r}. PPO", ppo_dir, build=lambda r=r: self.stage_recipes(r)["ppo"])
-            policy_model = str(ppo_dir / "merged")
+            rm_dir = round_dir / "reward"
+            if fixed_data is None:
+                comparisons += self.comparisons(round_dir, policy_model, r)
+                data_file = round_dir / "reward_data.jsonl"
+                data_file.write_text("".join(json.dumps(row) + "\n" for row in comparisons))
+                data = {"dataset_name": str(data_file), "dataset_format": "ranked"}
+            else:
+                data = {"dataset_name": fixed_data}
+            if fixed_data is None or r == 1:
+                self._run_stage(
+                    f"{r}. reward model",
+                    rm_dir,
+                    build=functools.partial(
+                        self._stage,
+                        RewardRecipe,
+                        "reward",
+                        model_name_or_path=sft_model,
+                        output_dir=str(rm_dir),
+                        labeller=None,
+                        **data,
+                    ),
+                )
+            else:
+                rm_dir = run / "round_1" / "reward"
+            ppo_dir = round_dir / "ppo"
+            fixed = {
+                "model_name_or_path": sft_model,
+                "reward_model_path": str(rm_dir),
+                "output_dir": str(ppo_dir),
+            }
+            if policy_adapter:
+                fixed["init_policy_adapter"] = policy_adapter
+            self._run_stage(
+                f"{r}. PPO", ppo_dir, build=functools.partial(self._stage, PPORecipe, "ppo", **fixed)
+            )
+            policy_model, policy_adapter = str(ppo_dir / "merged"), str(ppo_dir / "policy")
 
         eval_start = time.time()
         with self._stage_output("evaluation"):

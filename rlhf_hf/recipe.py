@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -25,7 +26,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl import ModelConfig, TrlParser
 
-from .data import train_eval_splits
+from .data import Prepared, train_eval_splits
 from .evaluation import gold_eval
 from .modeling import load_tokenizer, zero3_init_disabled
 from .outputs import finish_output_dir, prepare_output_dir
@@ -208,8 +209,11 @@ class Recipe:
         trainer.accelerator.wait_for_everyone()
         return RecipeResult(output_dir=str(output_dir), metrics=metrics)
 
-    def train_eval_splits(self) -> tuple[Dataset, Dataset | None]:
-        """The config's train and eval splits; `eval_fraction` of train is held out when there is no test split."""
+    def train_eval_splits(
+        self, prepare: Callable[[Dataset, str], Prepared]
+    ) -> tuple[Prepared, Prepared | None]:
+        """The config's train and eval splits, each converted and validated whole by `prepare(split, source)`
+        before `eval_fraction` of train is held out (when there is no test split): see `data.train_eval_splits`."""
         cfg = self.config
         return train_eval_splits(
             cfg.dataset_name,
@@ -218,6 +222,7 @@ class Recipe:
             cfg.dataset_test_split,
             cfg.eval_fraction,
             cfg.seed,
+            prepare,
         )
 
     def prepare_data(self, tokenizer: PreTrainedTokenizerBase) -> tuple[Any, dict[str, Any]]:

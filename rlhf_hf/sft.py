@@ -14,11 +14,14 @@ from transformers import PreTrainedTokenizerBase, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from .data import validate_sft_dataset
 from .modeling import load_causal_lm, load_unsharded, lora_config, merge_adapter
 from .outputs import AtomicCheckpoints
 from .recipe import Recipe, RecipeArgs
+from .reward.loaders import oasst1_sft_rows
 from .tasks import TINY_MODEL_ID
+from .validation import ValidationReport, validate_sft_dataset
+
+SFT_FORMATS = ("messages", "prompt_completion", "text", "oasst1")
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,13 @@ class SFTRecipeConfig(RecipeArgs, SFTConfig, ModelConfig):
             "trains on the completion unless `completion_only_loss: false`."
         },
     )
+    dataset_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "`messages`, `prompt_completion`, `text` (detected from the columns when unset) or `oasst1` "
+            "(an OpenAssistant/oasst1 message table: each tree's best-ranked path as `messages`)."
+        },
+    )
     drop_long_rows: bool = field(
         default=False, metadata={"help": "Drop rows longer than max_length (reported) instead of raising."}
     )
@@ -53,6 +63,13 @@ class SFTRecipeConfig(RecipeArgs, SFTConfig, ModelConfig):
     eval_gold_prompts: int = field(
         default=200, metadata={"help": "Held-out prompts scored by the task's gold judge (with `task` set)."}
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset_format is not None and self.dataset_format not in SFT_FORMATS:
+            raise ValueError(
+                f"dataset_format must be one of {list(SFT_FORMATS)} or null, got {self.dataset_format!r}"
+            )
 
 
 class AtomicSFTTrainer(AtomicCheckpoints, SFTTrainer):
@@ -65,18 +82,27 @@ class SFTRecipe(Recipe):
 
     def prepare_data(self, tokenizer: PreTrainedTokenizerBase) -> tuple[tuple[Dataset, Dataset | None], dict]:
         cfg: SFTRecipeConfig = self.config
-        train, evaluation = self.train_eval_splits()
-        train, report = validate_sft_dataset(
-            train, tokenizer, max_length=cfg.max_length, drop_long_rows=cfg.drop_long_rows, where="train"
-        )
-        if evaluation is not None:
-            evaluation, _ = validate_sft_dataset(
-                evaluation,
+        reports: list[ValidationReport] = []
+
+        def prepare(split: Dataset, source: str) -> Dataset:
+            source_rows = None
+            if cfg.dataset_format == "oasst1":
+                rows, source_rows = oasst1_sft_rows(split, source)
+                split = Dataset.from_list(rows)
+            split, report = validate_sft_dataset(
+                split,
                 tokenizer,
                 max_length=cfg.max_length,
                 drop_long_rows=cfg.drop_long_rows,
-                where="eval",
+                source=source,
+                dataset_format=None if cfg.dataset_format == "oasst1" else cfg.dataset_format,
+                source_rows=source_rows,
             )
+            reports.append(report)
+            return split
+
+        train, evaluation = self.train_eval_splits(prepare)
+        report = reports[0]  # the train split's
         if report.format != "messages":
             cfg.assistant_only_loss = False  # TRL supports it for conversational data only
         metrics = {"train_rows": len(train), "dropped_too_long": len(report.dropped_too_long)}

@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rlhf_hf"
-# The concrete embedded task and tiny base: only `rlhf_hf.tasks` may import them (others ask `get_task`).
-EMBEDDED = ("rlhf_hf.tasks.tiny_sort", "rlhf_hf.tasks.tiny")
+# The concrete embedded tasks and tiny base: only `rlhf_hf.tasks` may import them (others ask `get_task`).
+EMBEDDED = ("rlhf_hf.tasks.tiny_sort", "rlhf_hf.tasks.chat", "rlhf_hf.tasks.tiny")
 
 
 def module_name(path: Path) -> str:

@@ -162,3 +162,38 @@ def test_a_typo_in_a_stage_yaml_on_the_command_line_names_file_key_and_hint(tmp_
     with pytest.raises(ValueError, match=r"ppo.yaml: ppo config: unknown key\(s\) \['ptx_coeff'\]") as err:
         main(["ppo", "--config", str(bad)])
     assert "did you mean ptx_coef?" in str(err.value) and "fail_with_unknown_args" not in str(err.value)
+
+
+def test_reward_section_dataset_trains_the_rm_instead_of_sampling(tmp_path, monkeypatch):
+    """`reward: {dataset_name, dataset_format}` in the pipeline YAML: round 1's RM reads that data (no sampling or
+    ranking) and every round's PPO uses it; `sft: {dataset_format: oasst1}` reaches the SFT stage."""
+    fixtures = ROOT / "tests" / "fixtures" / "reward"
+    built = []
+
+    def record(self, name, out, build):
+        built.append((name, build().config))
+        return {}
+
+    monkeypatch.setattr(RLHFPipeline, "_run_stage", record)
+    monkeypatch.setattr(
+        RLHFPipeline, "comparisons", lambda *a: pytest.fail("sampled despite a reward dataset")
+    )
+    monkeypatch.setattr("rlhf_hf.pipeline.evaluate_run", lambda *a: {"win_rate_vs_sft_rm": 0.5})
+    monkeypatch.setattr(RLHFPipeline, "print_summary", lambda self, summary: None)
+    config = _config(tmp_path, rounds=2)
+    config.sft.update(dataset_name=str(fixtures / "oasst1.jsonl"), dataset_format="oasst1")
+    config.reward.update(dataset_name=str(fixtures / "shp.jsonl"), dataset_format="shp")
+    RLHFPipeline(config).run()
+    names = [name for name, _ in built]
+    assert names == ["1. SFT", "1. reward model", "1. PPO", "2. PPO"]
+    sft, reward, ppo1, ppo2 = (cfg for _, cfg in built)
+    assert (sft.dataset_format, reward.dataset_format, reward.labeller) == ("oasst1", "shp", None)
+    assert reward.dataset_name == str(fixtures / "shp.jsonl")
+    assert ppo1.reward_model_path == ppo2.reward_model_path == str(tmp_path / "run" / "round_1" / "reward")
+
+
+def test_reward_dataset_format_without_a_dataset_is_refused(tmp_path):
+    config = _config(tmp_path)
+    config.reward["dataset_format"] = "ultrafeedback"
+    with pytest.raises(ValueError, match="reward.dataset_format describes reward.dataset_name"):
+        RLHFPipeline(config)

@@ -113,13 +113,13 @@ def test_yaml_config_cli_and_exports():
 def test_prompt_validation_names_the_row(tmp_path):
     tokenizer = load_tokenizer("rlhf-hf/tiny")
     ok = {"prompt": "sort 3 1 2"}
-    with pytest.raises(ValueError, match="missing column `prompt`"):
+    with pytest.raises(ValueError, match="missing column 'prompt'"):
         validate_prompts(Dataset.from_list([{"question": "sort 1 2"}]), tokenizer, max_prompt_length=32)
-    with pytest.raises(ValueError, match="row 1: field `prompt` is empty"):
+    with pytest.raises(ValueError, match="row 1: field 'prompt' is empty"):
         validate_prompts(Dataset.from_list([ok, {"prompt": "  "}]), tokenizer, max_prompt_length=32)
     long = Dataset.from_list([ok, ok, {"prompt": "sort " + " ".join(["1"] * 40)}])
     with pytest.raises(
-        ValueError, match=r"row 2: field `prompt` is \d+ tokens, longer than max_prompt_length=32"
+        ValueError, match=r"row 2: field 'prompt' is \d+ tokens, longer than max_prompt_length=32"
     ):
         validate_prompts(long, tokenizer, max_prompt_length=32)
     messages = Dataset.from_list([{"prompt": [{"role": "user", "content": "sort 1 2"}]}, {"prompt": []}])
@@ -129,7 +129,9 @@ def test_prompt_validation_names_the_row(tmp_path):
     data = tmp_path / "prompts.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in [ok, ok, ok, {"prompt": ""}]))
     cfg = make_config("rlhf-hf/tiny", tmp_path / "missing-rm", tmp_path / "out", dataset_name=str(data))
-    with pytest.raises(ValueError, match="row 3: field `prompt` is empty"):
+    with pytest.raises(
+        ValueError, match=r"prompts.jsonl: 1 bad row .*\n  row 3 \(line 4\): field 'prompt' is empty"
+    ):
         PPORecipe(cfg).run()
 
 

@@ -157,7 +157,7 @@ def test_to_ranked_implicit_prompt_is_shared_message_prefix() -> None:
 
 
 def test_to_ranked_implicit_prompt_needs_messages() -> None:
-    with pytest.raises(ValueError, match=r"row 4: missing column 'prompt'.*from_hh_rlhf"):
+    with pytest.raises(ValueError, match=r"row 4: missing column 'prompt'.*dataset_format: hh-rlhf"):
         to_ranked({"chosen": "Human: a Assistant: b", "rejected": "Human: a Assistant: c"}, 4)
 
 
@@ -268,7 +268,10 @@ def test_from_ultrafeedback_scores_and_ties() -> None:
 def test_from_ultrafeedback_missing_field_names_row() -> None:
     rows = _jsonl("ultrafeedback.jsonl")
     del rows[0]["completions"][1]["overall_score"]
-    with pytest.raises(ValueError, match="ultrafeedback row 0: missing field 'overall_score'"):
+    with pytest.raises(
+        ValueError,
+        match=r"ultrafeedback: 1 bad row .*\n  row 0: field 'completions\[1\]\.overall_score' is missing",
+    ):
         from_ultrafeedback(rows)
 
 
@@ -427,22 +430,30 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
     ]
 
 
-def test_import_rejects_unranked_row(tmp_path: Path) -> None:
-    path = export_for_ranking([{"prompt": "a", "responses": ["x", "y"]}] * 2, tmp_path / "r.jsonl")
-    _fill_ranks(path, {"0": {"r0": 1, "r1": 2}})
-    with pytest.raises(
-        ValueError, match=r"r\.jsonl:2 \(id='1'\): field 'ranks' is \{\}: this item was not ranked"
-    ):
+def test_import_lists_every_unranked_item_in_one_error(tmp_path: Path) -> None:
+    path = export_for_ranking([{"prompt": "a", "responses": ["x", "y"]}] * 3, tmp_path / "r.jsonl")
+    _fill_ranks(path, {"1": {"r0": 1, "r1": 2}})
+    with pytest.raises(ValueError) as err:
         import_ranked(path)
+    assert str(err.value) == (
+        f"{path}: 2 bad rows (rows numbered from 0 in file order, lines from 1):\n"
+        "  row 0 (line 1): field 'ranks' is {}: this item was not ranked (item id='0')\n"
+        "  row 2 (line 3): field 'ranks' is {}: this item was not ranked (item id='2')"
+    )
 
 
 def test_import_rejects_partial_or_bad_ranks(tmp_path: Path) -> None:
     path = export_for_ranking([{"prompt": "a", "responses": ["x", "y", "z"]}], tmp_path / "r.jsonl")
     _fill_ranks(path, {"0": {"r0": 1, "r1": 2}})
-    with pytest.raises(ValueError, match=r":1 \(id='0'\): field 'ranks' must rank each response id once"):
+    with pytest.raises(
+        ValueError, match=r"\n  row 0 \(line 1\): field 'ranks' must rank each response id once"
+    ):
         import_ranked(path)
     _fill_ranks(path, {"0": {"r0": 1, "r1": 2, "r2": "best"}})
-    with pytest.raises(ValueError, match=r":1 \(id='0'\): row 0: field 'ranks'"):
+    with pytest.raises(
+        ValueError,
+        match=r"\n  row 0 \(line 1\): field 'ranks' entry 2 is not a number: 'best' \(item id='0'\)",
+    ):
         import_ranked(path)
 
 
@@ -450,7 +461,7 @@ def test_import_rejects_invalid_json_with_line_number(tmp_path: Path) -> None:
     path = export_for_ranking([{"prompt": "a", "responses": ["x", "y"]}], tmp_path / "r.jsonl")
     _fill_ranks(path, {"0": {"r0": 1, "r1": 2}})
     path.write_text(path.read_text(encoding="utf-8") + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"r\.jsonl:3: invalid JSON"):
+    with pytest.raises(ValueError, match=r"r\.jsonl: 1 bad row .*\n  row 1 \(line 3\): invalid JSON"):
         import_ranked(path)
 
 

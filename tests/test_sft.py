@@ -96,18 +96,18 @@ def _ok(content="1 2 3"):
     ("bad_row", "message"),
     [
         ({"prompt_text": "sort 1", "answer": "1"}, "missing column"),
-        (_ok(content="  "), r"row 2: field `messages\[1\].content` is an empty assistant turn"),
+        (_ok(content="  "), r"row 2 \(line 3\): field 'messages\[1\].content' is an empty assistant turn"),
         (
             {"messages": [{"role": "user", "content": "sort 1"}, {"role": "assistant", "content": 7}]},
-            r"row 2: field `messages\[1\].content` is int",
+            r"row 2 \(line 3\): field 'messages\[1\].content' must be a string, got int",
         ),
         (
             {"messages": [{"role": "user", "content": "sort 1"}]},
-            r"row 2: field `messages` has no assistant turn",
+            r"row 2 \(line 3\): field 'messages' has no assistant turn",
         ),
         (
             _ok(content=" ".join(["1"] * 80)),
-            r"train row 2: field `messages` is \d+ tokens, longer than max_length",
+            r"data.jsonl: 1 bad row .*\n  row 2 \(line 3\): field 'messages' makes \d+ tokens, longer than max_length",
         ),
     ],
 )
@@ -124,7 +124,7 @@ def test_bad_rows_are_reported_with_row_and_field_before_training(
 
 def test_prompt_completion_errors_name_the_field(tmp_path, no_model_loading):
     rows = [{"prompt": "sort 2 1", "completion": "1 2"}, {"prompt": "sort 2 1", "completion": ""}]
-    with pytest.raises(ValueError, match="row 1: field `completion` is empty"):
+    with pytest.raises(ValueError, match="row 1 \\(line 2\\): field 'completion' is empty"):
         _recipe(tmp_path, _rows(tmp_path, rows)).run()
 
 

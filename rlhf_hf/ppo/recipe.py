@@ -17,47 +17,12 @@ from transformers import PreTrainedTokenizerBase
 from ..data import load_split
 from ..modeling import is_adapter_dir, load_unsharded, merge_adapter, zero3_init_disabled
 from ..recipe import Recipe
+from ..validation import describe_source, validate_prompts
 from .config import PPORecipeConfig
 from .roles import POLICY, PPOModel, build_ppo_model
 from .trainer import PPOTrainer
 
 logger = logging.getLogger(__name__)
-
-
-def validate_prompts(
-    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int, where: str = "train"
-) -> None:
-    """Every row has a non-empty `prompt` (string or chat messages) of at most `max_prompt_length` tokens.
-
-    Runs before any model is loaded; errors name the row.
-    """
-    if "prompt" not in dataset.column_names:
-        raise ValueError(f"{where}: missing column `prompt`; found columns {dataset.column_names}")
-    for i, prompt in enumerate(dataset["prompt"]):
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise ValueError(f"{where} row {i}: field `prompt` is empty")
-            messages = [{"role": "user", "content": prompt}]
-        elif isinstance(prompt, list) and prompt:
-            for j, m in enumerate(prompt):
-                if not isinstance(m, dict) or not isinstance(m.get("content"), str) or "role" not in m:
-                    raise ValueError(
-                        f"{where} row {i}: field `prompt[{j}]` must be a dict with `role` and `content`"
-                    )
-            if not any(m["content"].strip() for m in prompt):
-                raise ValueError(f"{where} row {i}: field `prompt` is empty")
-            messages = prompt
-        else:
-            raise ValueError(
-                f"{where} row {i}: field `prompt` is {type(prompt).__name__}, expected a non-empty string or messages"
-            )
-        ids = tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=True, return_dict=True
-        )
-        if (n := len(ids["input_ids"])) > max_prompt_length:
-            raise ValueError(
-                f"{where} row {i}: field `prompt` is {n} tokens, longer than max_prompt_length={max_prompt_length}"
-            )
 
 
 class PPORecipe(Recipe):
@@ -69,7 +34,12 @@ class PPORecipe(Recipe):
         prompts = load_split(cfg.dataset_name, cfg.dataset_train_split, cfg.dataset_config)
         if prompts is None:
             raise ValueError(f"Dataset {cfg.dataset_name!r} has no split {cfg.dataset_train_split!r}")
-        validate_prompts(prompts, tokenizer, cfg.max_prompt_length)
+        validate_prompts(
+            prompts,
+            tokenizer,
+            cfg.max_prompt_length,
+            describe_source(cfg.dataset_name, cfg.dataset_train_split),
+        )
         ptx = None
         if cfg.ptx_coef > 0:
             ptx = load_split(cfg.ptx_dataset_name, cfg.ptx_dataset_split)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_hf.reward.data import validate_row
+from rlhf_hf.validation import BadRows, RowError
 
 __all__ = ["INSTRUCTIONS", "export_for_ranking", "import_ranked"]
 
@@ -61,15 +62,15 @@ def export_for_ranking(
 def _ranked_row(record: Any, index: int) -> dict:
     """One filled-in record back to a canonical row, answers in their original order."""
     if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        raise RowError(None, f"must be a JSON object, got {type(record).__name__}")
     responses = {r.get("id"): r.get("response") for r in record.get("responses") or [] if isinstance(r, dict)}
     ranks = record.get("ranks")
     if not ranks or not isinstance(ranks, dict):
-        raise ValueError(f"field 'ranks' is {ranks!r}: this item was not ranked")
+        raise RowError("ranks", f"is {ranks!r}: this item was not ranked")
     if set(ranks) != set(responses) or not all(_RESPONSE_ID.fullmatch(str(rid)) for rid in responses):
-        raise ValueError(
-            f"field 'ranks' must rank each response id once: ranked {sorted(ranks)}, "
-            f"responses {sorted(map(str, responses))}"
+        raise RowError(
+            "ranks",
+            f"must rank each response id once: ranked {sorted(ranks)}, responses {sorted(map(str, responses))}",
         )
     ids = sorted(responses, key=lambda rid: int(rid[1:]))
     row = {
@@ -83,27 +84,32 @@ def _ranked_row(record: Any, index: int) -> dict:
 def import_ranked(path: str | Path) -> list[dict]:
     """Read a ranked export back as canonical rows (blank lines ignored).
 
-    Raises ``ValueError`` naming the line number and item id for invalid JSON, an unranked item,
-    ranks that miss or invent a response id, and any ``data.validate_row`` failure. All-tied items
-    are returned as is: apply the ``validate_ranked`` tie policy when building the training set.
+    Raises one ``DataError`` listing every bad item by line number and id: invalid JSON, an unranked
+    item, ranks that miss or invent a response id, a repeated id, and any ``data.validate_row``
+    failure. All-tied items are returned as is: apply the ``validate_ranked`` tie policy when building
+    the training set.
     """
-    rows = []
+    numbered = [
+        (n, line)
+        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1)
+        if line.strip()
+    ]
+    bad = BadRows(str(path), lines=[n for n, _ in numbered])
+    rows: list[dict] = []
     seen: set[str] = set()
-    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: invalid JSON ({err.msg})") from err
-        item_id = record.get("id") if isinstance(record, dict) else None
-        where += f" (id={item_id!r})"
-        if item_id is not None and item_id in seen:
-            raise ValueError(f"{where}: duplicate id")
-        seen.add(item_id)
-        try:
-            rows.append(_ranked_row(record, len(rows)))
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from err
+    for index, (_, line) in enumerate(numbered):
+        with bad.row(index):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RowError(None, f"invalid JSON ({err.msg})") from None
+            item_id = record.get("id") if isinstance(record, dict) else None
+            if item_id is not None and item_id in seen:
+                raise RowError("id", f"{item_id!r} repeats an earlier item's id")
+            seen.add(item_id)
+            try:
+                rows.append(_ranked_row(record, index))
+            except RowError as err:
+                raise RowError(err.field_name, f"{err.problem} (item id={item_id!r})") from None
+    bad.raise_if_any()
     return rows

@@ -23,11 +23,14 @@ from typing import Any, Literal
 
 from datasets import Dataset
 
+from ..validation import BadRows, RowError, check_text, is_messages
+
 Message = dict[str, Any]
 Text = str | list[Message]
 
 __all__ = [
     "RankedReport",
+    "check_ranked",
     "pairs_from_ranks",
     "to_ranked",
     "validate_ranked",
@@ -35,13 +38,13 @@ __all__ = [
 ]
 
 
-def _row_error(index: int, field_name: str, problem: str) -> ValueError:
-    return ValueError(f"row {index}: field '{field_name}' {problem}")
+def _row_error(index: int | None, field_name: str, problem: str) -> RowError:
+    return RowError(field_name, problem, row=index)
 
 
-def _missing(index: int, column: str, row: Mapping[str, Any], hint: str = "") -> ValueError:
+def _missing(index: int | None, column: str, row: Mapping[str, Any], hint: str = "") -> RowError:
     present = sorted(k for k, v in row.items() if v is not None)
-    return ValueError(f"row {index}: missing column {column}; the row has columns {present}{hint}")
+    return RowError(None, f"missing column {column}; the row has columns {present}{hint}", row=index)
 
 
 def _numbers(values: Any, index: int, field_name: str) -> list[float]:
@@ -61,10 +64,6 @@ def _dense_ranks(keys: Sequence[float]) -> list[int]:
     """Rank 1 for the smallest key; equal keys share a rank and ranks have no gaps."""
     rank_of = {key: rank for rank, key in enumerate(sorted(set(keys)), start=1)}
     return [rank_of[key] for key in keys]
-
-
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(m, Mapping) for m in value)
 
 
 def _canonical(prompt: Text, responses: list[Text], ranks: list[int], scores: list[float] | None) -> dict:
@@ -104,8 +103,8 @@ def _common_prefix_len(a: list[Message], b: list[Message]) -> int:
 def _from_pairwise(row: Mapping[str, Any], index: int) -> dict:
     prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
     if prompt is None:  # format (e): TRL's implicit prompt = shared message prefix
-        if not (_is_messages(chosen) and _is_messages(rejected)):
-            hint = "; an implicit prompt is only split off message lists (raw hh-rlhf: loaders.from_hh_rlhf)"
+        if not (is_messages(chosen) and is_messages(rejected)):
+            hint = "; an implicit prompt is only split off message lists (raw hh-rlhf: `dataset_format: hh-rlhf`)"
             raise _missing(index, "'prompt'", row, hint)
         n = _common_prefix_len(chosen, rejected)
         prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
@@ -123,7 +122,7 @@ def to_ranked(row: Mapping[str, Any], index: int) -> dict:
     ``index`` only serves error messages.
     """
     if not isinstance(row, Mapping):
-        raise ValueError(f"row {index}: expected a dict, got {type(row).__name__}")
+        raise RowError(None, f"must be a JSON object (dict), got {type(row).__name__}", row=index)
     if row.get("responses") is not None:
         if row.get("prompt") is None:
             raise _missing(index, "'prompt'", row)
@@ -133,37 +132,21 @@ def to_ranked(row: Mapping[str, Any], index: int) -> dict:
     raise _missing(index, "'responses' (or 'chosen' and 'rejected')", row)
 
 
-def _check_text(value: Any, index: int, field_name: str) -> None:
-    """A prompt/response is a non-blank string or a list of messages with string content."""
-    if isinstance(value, str):
-        if not value.strip():
-            raise _row_error(index, field_name, "is empty or whitespace-only")
-        return
-    if not _is_messages(value) or not value:
-        raise _row_error(
-            index, field_name, f"must be a non-empty string or message list, got {type(value).__name__}"
-        )
-    for k, message in enumerate(value):
-        for key in ("role", "content"):
-            if not isinstance(message.get(key), str):
-                got = type(message.get(key)).__name__
-                raise _row_error(index, f"{field_name}[{k}].{key}", f"must be a string, got {got}")
-    if not any(m["content"].strip() for m in value):
-        raise _row_error(index, field_name, "is empty or whitespace-only")
-
-
 def validate_row(row: Mapping[str, Any], index: int) -> dict:
     """``to_ranked`` plus the content checks that must pass before a row reaches the trainer."""
     ranked = to_ranked(row, index)
-    _check_text(ranked["prompt"], index, "prompt")
-    k = len(ranked["responses"])
-    if k < 2:
-        raise _row_error(index, "responses", f"needs at least 2 answers to compare, got {k}")
-    for j, response in enumerate(ranked["responses"]):
-        _check_text(response, index, f"responses[{j}]")
-    for name in ("scores", "ranks"):  # scores first: ranks may have been derived from them
-        if ranked[name] is not None and len(ranked[name]) != k:
-            raise _row_error(index, name, f"has {len(ranked[name])} entries for {k} responses")
+    try:
+        check_text(ranked["prompt"], "prompt")
+        k = len(ranked["responses"])
+        if k < 2:
+            raise RowError("responses", f"needs at least 2 answers to compare, got {k}")
+        for j, response in enumerate(ranked["responses"]):
+            check_text(response, f"responses[{j}]")
+        for name in ("scores", "ranks"):  # scores first: ranks may have been derived from them
+            if ranked[name] is not None and len(ranked[name]) != k:
+                raise RowError(name, f"has {len(ranked[name])} entries for {k} responses")
+    except RowError as err:
+        raise RowError(err.field_name, err.problem, row=index) from None
     return ranked
 
 
@@ -186,35 +169,48 @@ class RankedReport:
         return self.n_rows - self.n_dropped_all_tied
 
 
+def check_ranked(row: Mapping[str, Any], index: int, ties: Literal["drop", "error"] = "drop") -> dict | None:
+    """`validate_row` plus the tie policy: None for a row whose answers all tie (with `ties="drop"`)."""
+    ranked = validate_row(row, index)
+    if pairs_from_ranks(ranked["ranks"]):
+        return ranked
+    if ties == "error":
+        problem = f"has all {len(ranked['ranks'])} answers tied: no pair to learn from (ties='error')"
+        raise _row_error(index, "ranks", problem)
+    return None
+
+
 def validate_ranked(
-    dataset_or_rows: Dataset | Iterable[Mapping[str, Any]], *, ties: Literal["drop", "error"] = "drop"
+    dataset_or_rows: Dataset | Iterable[Mapping[str, Any]],
+    *,
+    ties: Literal["drop", "error"] = "drop",
+    source: str = "ranked data",
 ) -> tuple[list[dict] | Dataset, RankedReport]:
     """Convert every row to the canonical format and fail fast, before any training, on bad data.
 
-    Raises ``ValueError`` naming the row index and the field for: a missing column (listing the
-    columns the row has), fewer than 2 responses, an empty or non-string prompt/response, ``ranks``
-    or ``scores`` of the wrong length, non-numeric or NaN.
+    Raises one ``DataError`` naming ``source`` and listing every bad row with its field: a missing column
+    (listing the columns the row has), fewer than 2 responses, an empty or non-string prompt/response,
+    ``ranks`` or ``scores`` of the wrong length, non-numeric or NaN.
 
     A prompt whose answers are all tied contributes no pair, hence no gradient, yet would still cost a
     forward pass of K answers. ``ties="drop"`` (default) drops such rows and counts them in
     ``report.n_dropped_all_tied`` because they are legitimate labels ("all equally good") that are
-    merely uninformative; ``ties="error"`` raises instead, for sources where ties signal a bug.
+    merely uninformative; ``ties="error"`` makes them bad rows, for sources where ties signal a bug.
 
     Accepts a ``datasets.Dataset`` or a list of dicts and returns the same kind, with canonical
     columns only (``prompt``, ``responses``, ``ranks``, ``scores``).
     """
     if ties not in ("drop", "error"):
         raise ValueError(f"ties must be 'drop' or 'error', got {ties!r}")
-    report, kept = RankedReport(), []
+    report, kept, bad = RankedReport(), [], BadRows(source)
     for index, row in enumerate(dataset_or_rows):
-        ranked = validate_row(row, index)
         report.n_rows += 1
-        if not pairs_from_ranks(ranked["ranks"]):
-            if ties == "error":
-                problem = f"has all {len(ranked['ranks'])} answers tied: no pair to learn from (ties='error')"
-                raise _row_error(index, "ranks", problem)
-            report.n_dropped_all_tied += 1
-            continue
-        kept.append(ranked)
+        with bad.row(index):
+            ranked = check_ranked(row, index, ties)
+            if ranked is None:
+                report.n_dropped_all_tied += 1
+            else:
+                kept.append(ranked)
+    bad.raise_if_any()
     report.k_histogram = dict(sorted(Counter(len(r["responses"]) for r in kept).items()))
     return (Dataset.from_list(kept) if isinstance(dataset_or_rows, Dataset) else kept), report

@@ -1,31 +1,65 @@
-"""Loaders from public preference datasets to canonical ranked rows (see ``data.py``).
+"""Readers of public preference datasets, as published, into canonical ranked rows (see ``data.py``).
 
-Each loader takes the rows of the public dataset as published (a ``datasets.Dataset`` or any
-iterable of dicts) and always returns a ``list`` of canonical rows: loaders regroup rows (oasst1
-trees, SHP posts), so the output is not row-aligned with the input. Wrap it in
-``Dataset.from_list`` if needed. Loaders convert; run ``data.validate_ranked`` before training,
-which rejects e.g. empty replies with the row index.
+Each ``from_*`` loader takes the rows of the public dataset as published (a ``datasets.Dataset`` or any
+iterable of dicts) and returns a ``list`` of canonical rows: loaders regroup rows (oasst1 trees, SHP posts),
+so the output is not row-aligned with the input. Every bad source row is listed in one error naming the
+source row and its own field (e.g. ``completions[1].response``). Run ``data.validate_ranked`` before training.
+
+``dataset_format`` (the RM and SFT stages' config key) picks a reader by name; ``detect_format`` names the
+format a table's columns identify. ``oasst1_best_paths`` turns oasst1 trees into SFT conversations.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from rlhf_hf.reward.data import Message, to_ranked
+from datasets import Dataset
 
-__all__ = ["from_hh_rlhf", "from_oasst1", "from_shp", "from_ultrafeedback"]
+from rlhf_hf.reward.data import Message, to_ranked
+from rlhf_hf.validation import BadRows, DataError, RowError, check_text
+
+__all__ = [
+    "RANKED_FORMATS",
+    "detect_format",
+    "from_hh_rlhf",
+    "from_oasst1",
+    "from_shp",
+    "from_ultrafeedback",
+    "oasst1_best_paths",
+    "oasst1_sft_rows",
+    "ranked_source_rows",
+]
 
 Row = Mapping[str, Any]
+Rows = Sequence[Row] | Dataset  # indexable: oasst1 looks up ancestors by row
+Sourced = list[tuple[int, dict]]  # (source row, canonical row)
 
 
-def _get(row: Row, key: str, where: str) -> Any:
-    """A required field of a source row, with an error naming the source row."""
+def _get(row: Row, key: str) -> Any:
+    """A required field of a source row."""
+    if not isinstance(row, Mapping):
+        raise RowError(None, f"must be a JSON object (dict), got {type(row).__name__}")
     if key not in row:
-        raise ValueError(f"{where}: missing field '{key}'; the row has fields {sorted(row)}")
+        raise RowError(key, f"is missing; the row has fields {sorted(row)}")
     return row[key]
+
+
+def _checked(row: Row, key: str) -> Any:
+    """A required text field (non-blank string or messages) of a source row."""
+    value = _get(row, key)
+    check_text(value, key)
+    return value
+
+
+def _loaded(reader: Any, rows: Iterable[Row], source: str, **kwargs: Any) -> list[dict]:
+    bad = BadRows(source)
+    out = reader(rows if isinstance(rows, Dataset) else list(rows), bad, **kwargs)
+    bad.raise_if_any()
+    return [row for _, row in out]
 
 
 # --- OpenAssistant/oasst1 -------------------------------------------------------------------------
@@ -33,16 +67,69 @@ def _get(row: Row, key: str, where: str) -> Any:
 _OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
 
 
-def _oasst_path(messages: Mapping[str, Row], message_id: str) -> list[Message]:
-    """The conversation from the tree root down to ``message_id``, as chat messages."""
-    path = []
-    while message_id is not None:
-        if message_id not in messages:
-            raise ValueError(f"oasst1: message '{message_id}' is referenced as a parent but not in the table")
-        message = messages[message_id]
-        path.append({"role": _OASST_ROLES[message["role"]], "content": message["text"]})
-        message_id = message["parent_id"]
-    return path[::-1]
+class _Oasst1Table:
+    """The message table: row index and message by id, and live (not deleted) children by parent id."""
+
+    def __init__(self, rows: Rows, bad: BadRows) -> None:
+        self.rows, self.bad = rows, bad
+        self.index: dict[str, int] = {}
+        self.children: dict[str | None, list[int]] = defaultdict(list)
+        for i, m in enumerate(rows):
+            with bad.row(i):
+                message_id, role, parent = _get(m, "message_id"), _get(m, "role"), _get(m, "parent_id")
+                _get(m, "text")
+                if role not in _OASST_ROLES:
+                    raise RowError("role", f"is {role!r}, expected one of {sorted(_OASST_ROLES)}")
+                self.index[message_id] = i
+                if not m.get("deleted"):
+                    self.children[parent].append(i)
+
+    def message(self, i: int) -> Message | None:
+        """Row `i` as a chat message, or None (recorded as a bad row) if its text is empty."""
+        with self.bad.row(i):
+            check_text(self.rows[i]["text"], "text")
+            return {"role": _OASST_ROLES[self.rows[i]["role"]], "content": self.rows[i]["text"]}
+        return None
+
+    def path(self, message_id: str, child: int) -> list[Message] | None:
+        """The conversation from the tree root down to `message_id`, or None if a message is missing or empty."""
+        path: list[Message | None] = []
+        while message_id is not None:
+            if message_id not in self.index:
+                with self.bad.row(child):
+                    raise RowError(None, f"has ancestor message '{message_id}', which is not in the table")
+                return None
+            i = self.index[message_id]
+            path.append(self.message(i))
+            message_id = self.rows[i]["parent_id"]
+        return None if None in path else path[::-1]
+
+
+def _oasst1(rows: Rows, bad: BadRows, *, lang: str | None = None) -> Sourced:
+    table = _Oasst1Table(rows, bad)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for parent, kids in table.children.items():
+        for i in kids:
+            m = rows[i]
+            if (
+                m["role"] == "assistant"
+                and m.get("rank") is not None
+                and (lang is None or m.get("lang") == lang)
+            ):
+                groups[parent].append(i)
+    out = []
+    for parent, replies in groups.items():
+        if len(replies) < 2 or parent is None:
+            continue
+        prompt = table.path(parent, replies[0])
+        answers = [table.message(i) for i in replies]
+        if prompt is None or None in answers:
+            continue
+        with bad.row(replies[0]):
+            ranked = {"prompt": prompt, "responses": [a["content"] for a in answers]}
+            ranked["ranks"] = [rows[i]["rank"] for i in replies]
+            out.append((replies[0], to_ranked(ranked, replies[0])))
+    return out
 
 
 def from_oasst1(rows: Iterable[Row], *, lang: str | None = None) -> list[dict]:
@@ -53,28 +140,60 @@ def from_oasst1(rows: Iterable[Row], *, lang: str | None = None) -> list[dict]:
     siblings are ignored (the reward model scores assistant turns). ``lang`` keeps one language.
     Pass the whole table: ancestors are needed to rebuild the prompt.
     """
-    messages = {_get(m, "message_id", f"oasst1 row {i}"): m for i, m in enumerate(rows)}
-    groups: dict[str, list[Row]] = defaultdict(list)
-    for m in messages.values():
-        where = f"oasst1 message '{m['message_id']}'"
-        ranked = _get(m, "role", where) == "assistant" and m.get("rank") is not None and not m.get("deleted")
-        if ranked and (lang is None or m.get("lang") == lang):
-            groups[_get(m, "parent_id", where)].append(m)
-    ranked_groups = [(parent, replies) for parent, replies in groups.items() if len(replies) >= 2]
-    return [
-        to_ranked(
-            {
-                "prompt": _oasst_path(messages, parent),
-                "responses": [r["text"] for r in replies],
-                "ranks": [r["rank"] for r in replies],
-            },
-            index,
-        )
-        for index, (parent, replies) in enumerate(ranked_groups)
-    ]
+    return _loaded(_oasst1, rows, "oasst1", lang=lang)
+
+
+def _oasst1_paths(rows: Rows, bad: BadRows, *, lang: str | None = None) -> Sourced:
+    table = _Oasst1Table(rows, bad)
+    out = []
+    for root in table.children[None]:
+        if lang is not None and rows[root].get("lang") != lang:
+            continue
+        path, i = [root], root
+        while kids := table.children[rows[i]["message_id"]]:
+            i = min(kids, key=lambda k: (math.inf if rows[k].get("rank") is None else rows[k]["rank"], k))
+            path.append(i)
+        while path and rows[path[-1]]["role"] != "assistant":
+            path.pop()
+        messages = [table.message(i) for i in path]
+        if path and None not in messages:
+            out.append((root, {"messages": messages}))
+    return out
+
+
+def oasst1_best_paths(rows: Iterable[Row], *, lang: str | None = None) -> list[dict]:
+    """One SFT conversation (``{"messages": [...]}``) per oasst1 tree: from the root, the best-ranked reply at
+    every turn (rank 0; unranked replies after ranked ones, then in table order), ending at an assistant turn.
+
+    Deleted messages are skipped, as are trees without an assistant reply. ``lang`` keeps one language.
+    """
+    return _loaded(_oasst1_paths, rows, "oasst1", lang=lang)
 
 
 # --- openbmb/UltraFeedback ------------------------------------------------------------------------
+
+
+def _ultrafeedback(rows: Rows, bad: BadRows, *, score: str = "overall_score") -> Sourced:
+    out = []
+    for index, row in enumerate(rows):
+        with bad.row(index):
+            completions = _get(row, "completions")
+            if not isinstance(completions, list):
+                raise RowError("completions", f"must be a list, got {type(completions).__name__}")
+            if len(completions) < 2:
+                continue
+            prompt = _checked(row, "instruction")
+            responses, scores = [], []
+            for j, completion in enumerate(completions):
+                try:
+                    responses.append(_checked(completion, "response"))
+                    scores.append(_get(completion, score))
+                except RowError as err:
+                    raise RowError(f"completions[{j}].{err.field_name}", err.problem) from None
+            out.append(
+                (index, to_ranked({"prompt": prompt, "responses": responses, "scores": scores}, index))
+            )
+    return out
 
 
 def from_ultrafeedback(
@@ -86,19 +205,7 @@ def from_ultrafeedback(
     mean of the four 1-5 aspect ratings. Equal scores tie. Instructions with < 2 completions are
     skipped.
     """
-    out = []
-    for index, row in enumerate(rows):
-        where = f"ultrafeedback row {index}"
-        completions = _get(row, "completions", where)
-        if len(completions) < 2:
-            continue
-        ranked = {
-            "prompt": _get(row, "instruction", where),
-            "responses": [_get(c, "response", where) for c in completions],
-            "scores": [_get(c, score, where) for c in completions],
-        }
-        out.append(to_ranked(ranked, index))
-    return out
+    return _loaded(_ultrafeedback, rows, "ultrafeedback", score=score)
 
 
 # --- Anthropic/hh-rlhf ----------------------------------------------------------------------------
@@ -107,33 +214,45 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
-def _hh_messages(transcript: Any, where: str) -> list[Message]:
+def _hh_messages(transcript: Any, field_name: str) -> list[Message]:
     """Split a ``\\n\\nHuman: ...\\n\\nAssistant: ...`` transcript into chat messages."""
     parts = _HH_TURN.split(transcript) if isinstance(transcript, str) else [transcript]
     roles, contents = parts[1::2], parts[2::2]
     if parts[0].strip() or not roles or roles[0] != "Human" or roles[-1] != "Assistant":
-        raise ValueError(
-            f"{where} is not a '\\n\\nHuman: ...\\n\\nAssistant: ...' transcript ending with an Assistant turn"
+        raise RowError(
+            field_name,
+            "is not a '\\n\\nHuman: ...\\n\\nAssistant: ...' transcript ending with an Assistant turn",
         )
-    return [{"role": _HH_ROLES[r], "content": c.strip()} for r, c in zip(roles, contents, strict=True)]
+    messages = [{"role": _HH_ROLES[r], "content": c.strip()} for r, c in zip(roles, contents, strict=True)]
+    if not messages[-1]["content"]:
+        raise RowError(field_name, "ends with an empty Assistant turn")
+    return messages
+
+
+def _hh_rlhf(rows: Rows, bad: BadRows) -> Sourced:
+    out = []
+    for index, row in enumerate(rows):
+        with bad.row(index):
+            chosen = _hh_messages(_get(row, "chosen"), "chosen")
+            rejected = _hh_messages(_get(row, "rejected"), "rejected")
+            if chosen[:-1] != rejected[:-1]:
+                raise RowError(None, "'chosen' and 'rejected' differ before the final assistant reply")
+            pair = {
+                "prompt": chosen[:-1],
+                "chosen": chosen[-1]["content"],
+                "rejected": rejected[-1]["content"],
+            }
+            out.append((index, to_ranked(pair, index)))
+    return out
 
 
 def from_hh_rlhf(rows: Iterable[Row]) -> list[dict]:
     """K=2 rows: prompt = the shared turns before the final assistant reply (as messages).
 
-    Raises ``ValueError`` naming the row for a transcript that does not parse or whose chosen and
-    rejected conversations differ before the final reply.
+    A transcript that does not parse, or chosen and rejected conversations that differ before the
+    final reply, make a bad row.
     """
-    out = []
-    for index, row in enumerate(rows):
-        where = f"hh-rlhf row {index}"
-        chosen = _hh_messages(_get(row, "chosen", where), f"{where}: field 'chosen'")
-        rejected = _hh_messages(_get(row, "rejected", where), f"{where}: field 'rejected'")
-        if chosen[:-1] != rejected[:-1]:
-            raise ValueError(f"{where}: 'chosen' and 'rejected' differ before the final assistant reply")
-        pair = {"prompt": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
-        out.append(to_ranked(pair, index))
-    return out
+    return _loaded(_hh_rlhf, rows, "hh-rlhf")
 
 
 # --- stanfordnlp/SHP -----------------------------------------------------------------------------
@@ -141,12 +260,11 @@ def from_hh_rlhf(rows: Iterable[Row]) -> list[dict]:
 
 def _shp_pair(row: Row, index: int) -> dict:
     """One comparison as K=2; scores are kept only when they agree with the label."""
-    where = f"shp row {index}"
-    a_wins = _get(row, "labels", where) == 1
-    scores = [_get(row, "score_A", where), _get(row, "score_B", where)]
+    a_wins = _get(row, "labels") == 1
+    scores = [_get(row, "score_A"), _get(row, "score_B")]
     pair = {
-        "prompt": _get(row, "history", where),
-        "responses": [_get(row, "human_ref_A", where), _get(row, "human_ref_B", where)],
+        "prompt": _checked(row, "history"),
+        "responses": [_checked(row, "human_ref_A"), _checked(row, "human_ref_B")],
         "ranks": [1, 2] if a_wins else [2, 1],
         "scores": scores if (scores[0] > scores[1]) == a_wins else None,
     }
@@ -169,6 +287,22 @@ def _shp_post(items: list[tuple[int, Row]]) -> dict | None:
     return to_ranked({"prompt": history, "responses": list(texts), "scores": list(scores)}, items[0][0])
 
 
+def _shp(rows: Rows, bad: BadRows, *, group_by_post: bool = True) -> Sourced:
+    pairs: dict[int, dict] = {}
+    posts: dict[str, list[tuple[int, Row]]] = defaultdict(list)
+    for index, row in enumerate(rows):
+        with bad.row(index):
+            pairs[index] = _shp_pair(row, index)  # also checks the required fields
+            posts[_get(row, "post_id")].append((index, row))
+    if not group_by_post:
+        return list(pairs.items())
+    out: Sourced = []
+    for items in posts.values():
+        grouped = _shp_post(items)
+        out.extend([(items[0][0], grouped)] if grouped else [(i, pairs[i]) for i, _ in items])
+    return out
+
+
 def from_shp(rows: Iterable[Row], *, group_by_post: bool = True) -> list[dict]:
     """SHP comparisons; by default one ranked row per ``post_id`` over all its distinct comments.
 
@@ -180,15 +314,80 @@ def from_shp(rows: Iterable[Row], *, group_by_post: bool = True) -> list[dict]:
     rows disagree (different history, a comment with two scores, a label contradicting the scores)
     falls back to one K=2 row per comparison, ranked by its label. Scores are kept for margins.
     """
-    rows = list(rows)
-    if not group_by_post:
-        return [_shp_pair(row, index) for index, row in enumerate(rows)]
-    posts: dict[str, list[tuple[int, Row]]] = defaultdict(list)
-    for index, row in enumerate(rows):
-        posts[_get(row, "post_id", f"shp row {index}")].append((index, row))
-    out = []
-    for items in posts.values():
-        pairs = [_shp_pair(row, index) for index, row in items]  # also checks the required fields
-        grouped = _shp_post(items)
-        out.extend([grouped] if grouped else pairs)
-    return out
+    return _loaded(_shp, rows, "shp", group_by_post=group_by_post)
+
+
+# --- dataset_format: by name or detected from the columns ----------------------------------------
+
+
+def _as_is(rows: Rows, bad: BadRows) -> Sourced:
+    """`ranked` and `pairwise` rows are already in a format `to_ranked` reads: validated by the caller."""
+    return list(enumerate(rows))
+
+
+# format -> (reader, columns that identify it)
+_READERS = {
+    "ranked": (_as_is, ("prompt", "responses")),
+    "pairwise": (_as_is, ("chosen", "rejected")),
+    "oasst1": (_oasst1, ("message_id", "parent_id", "role", "text")),
+    "ultrafeedback": (_ultrafeedback, ("instruction", "completions")),
+    "hh-rlhf": (_hh_rlhf, ("chosen", "rejected")),
+    "shp": (_shp, ("post_id", "history", "human_ref_A", "human_ref_B", "labels")),
+}
+RANKED_FORMATS = tuple(_READERS)
+
+
+def _is_hh_transcript(value: Any) -> bool:
+    return isinstance(value, str) and value.lstrip(" ").startswith("\n\nHuman:")
+
+
+def detect_format(columns: list[str], first_row: Row | None, source: str) -> str:
+    """The ranked format whose columns the table has (hh-rlhf: chosen/rejected transcripts without a prompt)."""
+    found = [name for name, (_, needed) in _READERS.items() if set(needed) <= set(columns)]
+    if "hh-rlhf" in found:
+        hh = "prompt" not in columns and first_row is not None and _is_hh_transcript(first_row.get("chosen"))
+        found.remove("pairwise" if hh else "hh-rlhf")
+    if len(found) == 1:
+        return found[0]
+    formats = "; ".join(f"{name}: {', '.join(needed)}" for name, (_, needed) in _READERS.items())
+    problem = f"matches formats {found}" if found else "matches no known format"
+    raise DataError(
+        f"{source}: its columns {sorted(columns)} {problem}; set `dataset_format` to one of "
+        f"{list(RANKED_FORMATS)} (columns each needs: {formats})"
+    )
+
+
+def ranked_source_rows(rows: Any, dataset_format: str | None, source: str) -> tuple[list[dict], list[int]]:
+    """Rows of a ranked/pairwise/public preference table -> (rows `to_ranked` reads, their source row numbers).
+
+    Converted rows keep the number of the source row they came from (oasst1: the first reply; SHP: the post's
+    first comparison), so later errors point into the user's file. `dataset_format=None` detects the format.
+    """
+    columns = (
+        list(rows.column_names) if hasattr(rows, "column_names") else sorted({k for r in rows for k in r})
+    )
+    if dataset_format is None:
+        dataset_format = detect_format(columns, rows[0] if len(rows) else None, source)
+    if dataset_format not in _READERS:
+        raise DataError(
+            f"{source}: unknown dataset_format {dataset_format!r}; use one of {list(RANKED_FORMATS)}"
+        )
+    reader, needed = _READERS[dataset_format]
+    if missing := [c for c in needed if c not in columns]:
+        raise DataError(
+            f"{source}: dataset_format {dataset_format!r} needs column(s) {missing}; found columns {columns}"
+        )
+    bad = BadRows(source)
+    out = reader(rows if isinstance(rows, Dataset) else list(rows), bad)  # a Dataset: row by row, not all
+    bad.raise_if_any()
+    return [row for _, row in out], [index for index, _ in out]
+
+
+def oasst1_sft_rows(rows: Any, source: str) -> tuple[list[dict], list[int]]:
+    """`oasst1_best_paths` for the SFT stage: (conversations, the source row number of each tree's root)."""
+    bad = BadRows(source)
+    out = _oasst1_paths(rows if isinstance(rows, Dataset) else list(rows), bad)
+    bad.raise_if_any()
+    if not out:
+        raise DataError(f"{source}: no oasst1 tree has an assistant reply to learn from: nothing to train on")
+    return [row for _, row in out], [index for index, _ in out]

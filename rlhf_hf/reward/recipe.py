@@ -29,6 +29,8 @@ from ..modeling import (
 )
 from ..recipe import Recipe, RecipeArgs
 from ..tasks import get_task
+from ..validation import DataError, validate_prompts
+from .loaders import RANKED_FORMATS, ranked_source_rows
 from .metrics import ranking_metrics
 from .model import load_reward_model, reward_stats, score_ids, write_stats
 from .sampling import drop_empty_answers, rank_with, sample_answers
@@ -58,6 +60,13 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
     use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters + the score head."})
     merge: bool = field(
         default=False, metadata={"help": "Also write a standalone model to `<output_dir>/merged`."}
+    )
+    dataset_format: str | None = field(
+        default=None,
+        metadata={
+            "help": f"One of {list(RANKED_FORMATS)}: `ranked` (prompt/responses[/ranks|scores]), `pairwise` "
+            "(chosen/rejected[/prompt]) or a public dataset as published; detected from the columns when unset."
+        },
     )
     drop_long_rows: bool = field(
         default=False,
@@ -92,12 +101,23 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.labeller, str) and self.labeller.lower() in ("none", "null"):
+            self.labeller = None  # `--labeller none` on the command line, over a YAML's `labeller: simulated`
         if self.labeller is not None and self.labeller not in LABELLERS:
             raise ValueError(f"labeller must be one of {list(LABELLERS)} or null, got {self.labeller!r}")
         if self.labeller == "simulated" and self.task is None:
             raise ValueError("labeller: simulated ranks by a task's gold judge: set `task` (e.g. tiny-sort)")
         if self.ties not in TIES:
             raise ValueError(f"ties must be one of {list(TIES)}, got {self.ties!r}")
+        if self.dataset_format is not None and self.dataset_format not in RANKED_FORMATS:
+            raise ValueError(
+                f"dataset_format must be one of {list(RANKED_FORMATS)} or null, got {self.dataset_format!r}"
+            )
+        if self.dataset_format is not None and self.labeller is not None:
+            raise ValueError(
+                f"dataset_format {self.dataset_format!r} is for ranked data, but `labeller: {self.labeller}` samples "
+                "answers for a dataset of prompts: set one of them (on the command line: --labeller none)"
+            )
 
 
 class RewardRecipe(Recipe):
@@ -116,9 +136,7 @@ class RewardRecipe(Recipe):
         self.check_output_dir(
             write=False
         )  # refuses a dir it may not write to now, before minutes of sampling
-        train_rows, eval_rows, gold_rows, metrics = self._collect(tokenizer)
-        train = self._prepare(train_rows, tokenizer, "train")
-        evaluation = self._prepare(eval_rows, tokenizer, "eval") if eval_rows is not None else None
+        train, evaluation, gold_rows, metrics = self._collect(tokenizer)
         metrics.update(
             train_prompts=len(train.rows),
             train_answers=sum(len(r["responses"]) for r in train.rows),
@@ -182,25 +200,33 @@ class RewardRecipe(Recipe):
     # ------------------------------------------------------------------------------------------ data
     def _collect(
         self, tokenizer: PreTrainedTokenizerBase
-    ) -> tuple[list[dict], list[dict] | None, list[dict], dict[str, Any]]:
-        """(train rows, eval rows, gold-ranked rows, metrics): read from the dataset or sampled and labelled."""
+    ) -> tuple[PreparedRanked, PreparedRanked | None, list[dict], dict[str, Any]]:
+        """(train, eval, gold-ranked rows, metrics): ranked data read and validated whole before it is split, or
+        prompts validated, split, then answered by the SFT model and ranked by the labeller."""
         cfg: RewardRecipeConfig = self.config
-        train, evaluation = self.train_eval_splits()
+
+        def prepare(split: Dataset, source: str) -> PreparedRanked | Dataset:
+            if cfg.labeller is not None:
+                validate_prompts(split, None, None, source)
+                return split
+            if set(split.column_names) <= {"prompt"}:
+                raise DataError(
+                    f"{source} holds prompts only (columns {split.column_names}): set `labeller: simulated` to "
+                    "sample and rank answers, or give a ranked dataset"
+                )
+            rows, source_rows = ranked_source_rows(split, cfg.dataset_format, source)
+            return self._prepare(rows, tokenizer, source, source_rows)
+
+        train, evaluation = self.train_eval_splits(prepare)
         if cfg.max_prompts is not None:
             train = train.select(range(min(cfg.max_prompts, len(train))))
         if cfg.labeller is None:
-            if set(train.column_names) <= {"prompt"}:
-                raise ValueError(
-                    f"{cfg.dataset_name!r} holds prompts only (columns {train.column_names}): set `labeller: "
-                    "simulated` to sample and rank answers, or give a ranked dataset"
-                )
-            return list(train), None if evaluation is None else list(evaluation), [], {}
-        for where, split in (("train", train), ("eval", evaluation)):
-            if split is not None and "prompt" not in split.column_names:
-                raise ValueError(
-                    f"{where}: missing column 'prompt' to sample answers for; found {split.column_names}"
-                )
-        return self._sample_and_rank(tokenizer, train, evaluation)
+            return train, evaluation, [], {}
+        train_rows, eval_rows, gold_rows, metrics = self._sample_and_rank(tokenizer, train, evaluation)
+        train = self._prepare(train_rows, tokenizer, "answers sampled for the train prompts")
+        if eval_rows is not None:
+            evaluation = self._prepare(eval_rows, tokenizer, "answers sampled for the eval prompts")
+        return train, evaluation, gold_rows, metrics
 
     def _sample_and_rank(
         self, tokenizer: PreTrainedTokenizerBase, train: Dataset, evaluation: Dataset | None
@@ -244,7 +270,13 @@ class RewardRecipe(Recipe):
             {"empty_answers_dropped": empty, "sampling_seconds": time.time() - start},
         )
 
-    def _prepare(self, rows: list[dict], tokenizer: PreTrainedTokenizerBase, where: str) -> PreparedRanked:
+    def _prepare(
+        self,
+        rows: list[dict],
+        tokenizer: PreTrainedTokenizerBase,
+        source: str,
+        source_rows: list[int] | None = None,
+    ) -> PreparedRanked:
         cfg: RewardRecipeConfig = self.config
         return prepare_ranked(
             rows,
@@ -252,7 +284,8 @@ class RewardRecipe(Recipe):
             max_length=cfg.max_length,
             drop_long_rows=cfg.drop_long_rows,
             ties=cfg.ties,
-            where=where,
+            source=source,
+            source_rows=source_rows,
         )
 
     # ------------------------------------------------------------------------------------------ model

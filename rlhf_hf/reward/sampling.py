@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
 import torch
@@ -50,6 +51,50 @@ def sample_answers(
         progress=progress,
     )
     return [{"prompt": p, "responses": answers[i * k : (i + 1) * k]} for i, p in enumerate(prompts)]
+
+
+def conversation_prompts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    scripts: Sequence[Sequence[str]],
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> list[list[dict]]:
+    """Prompts for comparisons as ChatGPT collected them: per script (the user turns of a conversation) pick an
+    assistant turn at random, let the policy write every assistant turn before it (sampled), and return the
+    conversation up to the user turn that the picked assistant turn answers.
+
+    The policy's own earlier answers are part of the prompt, so the reward model learns to judge a turn in the
+    conversations the policy actually has. Sample K alternatives for each with `sample_answers`.
+    """
+    rng = random.Random(seed)
+    picked = [rng.randrange(len(turns)) for turns in scripts]
+    conversations: list[list[dict]] = [[] for _ in scripts]
+    torch.manual_seed(seed)
+    for turn in range(max(picked, default=0)):
+        needed = [i for i, pick in enumerate(picked) if turn < pick]  # one batch per turn across scripts
+        for i in needed:
+            conversations[i].append({"role": "user", "content": scripts[i][turn]})
+        answers = generate(
+            model,
+            tokenizer,
+            [conversations[i] for i in needed],
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            batch_size=batch_size,
+        )
+        for i, answer in zip(needed, answers, strict=True):
+            conversations[i].append({"role": "assistant", "content": answer})
+    return [
+        [*conversation, {"role": "user", "content": scripts[i][picked[i]]}]
+        for i, conversation in enumerate(conversations)
+    ]
 
 
 def drop_empty_answers(rows: Sequence[dict]) -> tuple[list[dict], int]:

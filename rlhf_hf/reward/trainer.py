@@ -13,6 +13,7 @@ wiring for sequence classifiers, metric logging, checkpoints and model cards. On
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
 from ..outputs import AtomicCheckpoints
-from .data import RankedReport, pairs_from_ranks, to_ranked, validate_ranked
+from ..validation import BadRows, DataError, RowError
+from .data import RankedReport, check_ranked
 from .loss import ranked_loss
 from .model import encode, pad_right
 
@@ -33,12 +35,24 @@ COLUMNS = ["answer_ids", "ranks", "scores"]
 # ---------------------------------------------------------------------------------------------- data
 @dataclass
 class PreparedRanked:
-    """Tokenised rows for the trainer, the canonical rows they came from, and what was dropped."""
+    """Tokenised rows for the trainer, the canonical rows they came from, and what was dropped.
+
+    `report` and `dropped_too_long` (source row numbers) describe the whole source, also after `select`.
+    """
 
     dataset: Dataset
     rows: list[dict]
     report: RankedReport
     dropped_too_long: list[int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def select(self, indices: Sequence[int]) -> PreparedRanked:
+        indices = list(indices)
+        return PreparedRanked(
+            self.dataset.select(indices), [self.rows[i] for i in indices], self.report, self.dropped_too_long
+        )
 
 
 def prepare_ranked(
@@ -48,38 +62,67 @@ def prepare_ranked(
     max_length: int | None,
     drop_long_rows: bool = False,
     ties: str = "drop",
-    where: str = "train",
+    source: str = "train",
+    source_rows: Sequence[int] | None = None,
 ) -> PreparedRanked:
-    """Validate (`validate_ranked`), tokenise every (prompt, answer) and check lengths, before any training.
+    """Validate (`check_ranked`), tokenise every (prompt, answer) and check lengths, before any model loads.
 
-    A too-long answer would be truncated, losing the end of the answer where the reward is read, so it raises
-    naming the source row and field unless `drop_long_rows` (then the whole prompt is dropped and counted).
+    One `DataError` lists every bad row of `source` by its source row number (`source_rows[i]` for `rows[i]`;
+    default: its position). A too-long answer would be truncated, losing the end of the answer where the reward
+    is read, so it is a bad row unless `drop_long_rows` (then the whole prompt is dropped and counted). A source
+    left with no prompt to learn from (every row tied or too long) is an error saying so.
     """
     rows = list(rows)
-    try:
-        kept, report = validate_ranked(rows, ties=ties)
-    except ValueError as err:
-        raise ValueError(f"{where} {err}") from None
-    # validate_ranked keeps row order and drops exactly the rows without a pair: recover source indices
-    sources = [i for i, row in enumerate(rows) if pairs_from_ranks(to_ranked(row, i)["ranks"])]
+    source_rows = list(range(len(rows)) if source_rows is None else source_rows)
+    bad, report, too_long = BadRows(source), RankedReport(n_rows=len(rows)), []
     columns: dict[str, list] = {name: [] for name in COLUMNS}
-    out_rows, too_long = [], []
-    for source, row in zip(sources, kept, strict=True):
-        ids = [encode(tokenizer, row["prompt"], response) for response in row["responses"]]
-        longest = max(range(len(ids)), key=lambda j: len(ids[j]))
-        if max_length is not None and len(ids[longest]) > max_length:
-            if not drop_long_rows:
-                raise ValueError(
-                    f"{where} row {source}: field 'responses[{longest}]' is {len(ids[longest])} tokens with its "
-                    f"prompt, longer than max_length={max_length}; raise max_length or set `drop_long_rows: true`"
-                )
-            too_long.append(source)
-            continue
-        columns["answer_ids"].append(ids)
-        columns["ranks"].append(row["ranks"])
-        columns["scores"].append(row["scores"] or [math.nan] * len(ids))
-        out_rows.append(row)
+    out_rows = []
+    for index, raw in zip(source_rows, rows, strict=True):
+        with bad.row(index):
+            row = check_ranked(raw, index, ties)
+            if row is None:
+                report.n_dropped_all_tied += 1
+                continue
+            ids = [encode(tokenizer, row["prompt"], response) for response in row["responses"]]
+            longest = max(range(len(ids)), key=lambda j: len(ids[j]))
+            if max_length is not None and len(ids[longest]) > max_length:
+                if not drop_long_rows:
+                    raise RowError(
+                        f"responses[{longest}]",
+                        f"is {len(ids[longest])} tokens with its prompt, longer than max_length={max_length}",
+                        hint="Raise max_length, or set `drop_long_rows: true` to leave such prompts out.",
+                    )
+                too_long.append(index)
+                continue
+            columns["answer_ids"].append(ids)
+            columns["ranks"].append(row["ranks"])
+            columns["scores"].append(row["scores"] or [math.nan] * len(ids))
+            out_rows.append(row)
+    bad.raise_if_any()
+    if not out_rows:
+        raise DataError(_nothing_to_learn(source, report, too_long, max_length))
+    report.k_histogram = dict(sorted(Counter(len(r["responses"]) for r in out_rows).items()))
     return PreparedRanked(Dataset.from_dict(columns), out_rows, report, too_long)
+
+
+def _nothing_to_learn(source: str, report: RankedReport, too_long: list[int], max_length: int | None) -> str:
+    if report.n_rows == 0:
+        return f"{source}: holds no rows, nothing to train a reward model on"
+    reasons = []
+    if report.n_dropped_all_tied:
+        reasons.append(
+            f"{report.n_dropped_all_tied} had all their answers tied (equal ranks or scores give no pair to learn "
+            "from)"
+        )
+    if too_long:
+        reasons.append(
+            f"{len(too_long)} had an answer longer than max_length={max_length} (`drop_long_rows`)"
+        )
+    return (
+        f"{source}: all {report.n_rows} rows were dropped, nothing is left to train a reward model on: "
+        + " and ".join(reasons)
+        + "."
+    )
 
 
 @dataclass
@@ -132,7 +175,7 @@ class RankedRewardTrainer(AtomicCheckpoints, RewardTrainer):
         if "answer_ids" in dataset.column_names:
             return dataset
         return prepare_ranked(
-            dataset, processing_class, max_length=args.max_length, where=dataset_name
+            dataset, processing_class, max_length=args.max_length, source=dataset_name
         ).dataset
 
     def _set_signature_columns_if_needed(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .base import Judge, Prompt, SimulatedLabeller, Task, last_user_turn
+from .base import Judge, Prompt, SimulatedLabeller, Task, last_user_turn, user_turns
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -69,8 +69,9 @@ def embedded_dataset(name: str, split: str) -> Dataset | None:
     if spec.kind == "demonstrations":
         return Dataset.from_list(task.demonstrations(n, seed))
     if spec.kind == "prompts":
-        prompts = task.prompts(n, seed)
-        return Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in prompts]})
+        prompts = task.prompts(n, seed)  # strings, or conversations ending in a user turn
+        messages = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+        return Dataset.from_dict({"prompt": messages})
     return Dataset.from_dict({"text": task.corpus(n, seed)})
 
 
@@ -106,21 +107,34 @@ def _tiny_sort() -> Task:
     return DEFAULT_TASK
 
 
-def _tiny_base(rebuild: bool) -> str:
-    from .tiny.model import get_tiny_base
+def _tiny_chat() -> Task:
+    from .chat import ChatTask
 
-    return str(get_tiny_base(rebuild=rebuild))
+    return ChatTask()
 
 
-def _tiny_base_is_built() -> bool:
-    from .tiny.model import tiny_base_dir
+def _tiny_base_of(task_name: str) -> EmbeddedModel:
+    """The tiny base pretrained on `task_name`'s corpus over its vocabulary."""
 
-    return (tiny_base_dir() / "config.json").exists()
+    def build(rebuild: bool) -> str:
+        from .tiny.model import get_tiny_base
+
+        return str(get_tiny_base(get_task(task_name), rebuild=rebuild))
+
+    def is_built() -> bool:
+        from .tiny.model import tiny_base_dir
+
+        return (tiny_base_dir(get_task(task_name)) / "config.json").exists()
+
+    return EmbeddedModel(build, is_built)
 
 
 TINY_MODEL_ID = "rlhf-hf/tiny"
+TINY_CHAT_MODEL_ID = "rlhf-hf/tiny-chat"
 register_task("tiny-sort", _tiny_sort)
-register_model(TINY_MODEL_ID, EmbeddedModel(_tiny_base, _tiny_base_is_built))
+register_task("tiny-chat", _tiny_chat)
+register_model(TINY_MODEL_ID, _tiny_base_of("tiny-sort"))
+register_model(TINY_CHAT_MODEL_ID, _tiny_base_of("tiny-chat"))
 # Seeds differ per split (1 train, 2 test) and per dataset (+100 each), so the test split holds prompts never
 # seen in training.
 register_dataset(
@@ -135,6 +149,18 @@ register_dataset(
     "rlhf-hf/tiny-sort-corpus",
     EmbeddedDataset("tiny-sort", "corpus", {"train": (5000, 201), "test": (200, 202)}),
 )
+register_dataset(
+    "rlhf-hf/tiny-chat-sft",
+    EmbeddedDataset("tiny-chat", "demonstrations", {"train": (4000, 301), "test": (200, 302)}),
+)
+register_dataset(
+    "rlhf-hf/tiny-chat-prompts",
+    EmbeddedDataset("tiny-chat", "prompts", {"train": (2000, 401), "test": (200, 402)}),
+)
+register_dataset(
+    "rlhf-hf/tiny-chat-corpus",
+    EmbeddedDataset("tiny-chat", "corpus", {"train": (5000, 501), "test": (200, 502)}),
+)
 
 
 def __getattr__(name: str):
@@ -147,6 +173,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "TINY_CHAT_MODEL_ID",
     "TINY_MODEL_ID",
     "EmbeddedDataset",
     "EmbeddedModel",
@@ -165,4 +192,5 @@ __all__ = [
     "register_model",
     "register_task",
     "task_names",
+    "user_turns",
 ]

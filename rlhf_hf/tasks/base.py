@@ -19,11 +19,16 @@ Prompt = str | list[dict]
 Judge = Callable[[Prompt, str], float]
 
 
+def user_turns(prompt: Prompt) -> list[str]:
+    """The texts of a prompt's user turns, in order."""
+    if isinstance(prompt, str):
+        return [prompt]
+    return [m["content"] for m in prompt if m["role"] == "user"]
+
+
 def last_user_turn(prompt: Prompt) -> str:
     """The text of the request a prompt ends with."""
-    if isinstance(prompt, str):
-        return prompt
-    return [m["content"] for m in prompt if m["role"] == "user"][-1]
+    return user_turns(prompt)[-1]
 
 
 class Task(ABC):
@@ -38,6 +43,11 @@ class Task(ABC):
     @abstractmethod
     def prompts(self, n: int, seed: int) -> list[Prompt]:
         """`n` requests (strings or conversations ending in a user turn) for sampling and evaluation."""
+
+    def scripts(self, n: int, seed: int) -> list[list[str]]:
+        """`n` conversation scripts (the user turns alone), for a policy to answer turn by turn: comparison data
+        as ChatGPT collected it. By default the user turns of `prompts(n, seed)`."""
+        return [user_turns(p) for p in self.prompts(n, seed)]
 
     @abstractmethod
     def demonstrations(self, n: int, seed: int) -> list[dict]:

@@ -67,6 +67,17 @@ TINY_CONFIG = dict(
     tie_word_embeddings=True,
 )
 PRETRAIN_SETTINGS = dict(n_lines=20000, steps=400, batch_size=64, lr=3e-3, seed=0)
+# Per task (by name): the base's size and pretraining, where they differ from the sorting base's. The chat task's
+# conversations are longer (up to ~60 tokens with three turns): a longer context, the same size; its pretraining
+# costs ~2x the sorting base's (longer lines), measured.
+BASE_SETTINGS: dict[str, tuple[dict, dict]] = {
+    "tiny-chat": ({**TINY_CONFIG, "max_position_embeddings": 256}, PRETRAIN_SETTINGS),
+}
+
+
+def base_settings(task: Task) -> tuple[dict, dict]:
+    """(model config, pretraining settings) of `task`'s tiny base."""
+    return BASE_SETTINGS.get(task.name, (TINY_CONFIG, PRETRAIN_SETTINGS))
 
 
 def build_tokenizer(task: Task = DEFAULT_TASK) -> PreTrainedTokenizerFast:
@@ -84,21 +95,24 @@ def build_tokenizer(task: Task = DEFAULT_TASK) -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
         padding_side="left",
-        model_max_length=TINY_CONFIG["max_position_embeddings"],
+        model_max_length=base_settings(task)[0]["max_position_embeddings"],
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def build_tiny_model(tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0) -> LlamaForCausalLM:
-    """A randomly initialised tiny Llama matching `build_tokenizer()`."""
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0, config: dict | None = None
+) -> LlamaForCausalLM:
+    """A randomly initialised tiny Llama matching `tokenizer` (default `build_tokenizer()`), of size `config`
+    (default `TINY_CONFIG`; a task's is `base_settings(task)[0]`)."""
     tokenizer = tokenizer or build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **TINY_CONFIG,
+        **(config or TINY_CONFIG),
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -114,10 +128,11 @@ def cache_dir() -> Path:
 
 def _fingerprint(task: Task) -> str:
     """Changes whenever anything that determines the pretrained weights changes, so stale caches are rebuilt."""
+    config, pretrain = base_settings(task)
     spec = json.dumps(
         {
-            "config": TINY_CONFIG,
-            "pretrain": PRETRAIN_SETTINGS,
+            "config": config,
+            "pretrain": pretrain,
             "vocab": build_tokenizer(task).get_vocab(),
             "task": repr(task),
             "template": CHAT_TEMPLATE,
@@ -135,9 +150,9 @@ def pretrain_tiny_base(output_dir: str | Path, task: Task = DEFAULT_TASK) -> Pat
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    settings = PRETRAIN_SETTINGS  # part of the cache fingerprint: change them there, not per call
+    config, settings = base_settings(task)  # part of the cache fingerprint: change them there, not per call
     tokenizer = build_tokenizer(task)
-    model = build_tiny_model(tokenizer, seed=settings["seed"])
+    model = build_tiny_model(tokenizer, seed=settings["seed"], config=config)
     lines = task.corpus(settings["n_lines"], seed=settings["seed"])
     data = Dataset.from_dict({"text": lines}).map(
         lambda b: tokenizer([tokenizer.bos_token + " " + t + " " + tokenizer.eos_token for t in b["text"]]),

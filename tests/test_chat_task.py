@@ -1,0 +1,368 @@
+"""The ChatGPT-shaped task (tiny-chat): judge, labeller, the demonstrator's flaws, multi-turn SFT masks and
+comparison prompts drawn at a random assistant turn."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+
+import pytest
+
+from rlhf_hf.generation import generate
+from rlhf_hf.reward.sampling import conversation_prompts, rank_with, sample_answers
+from rlhf_hf.tasks import get_task, user_turns
+from rlhf_hf.tasks.chat import (
+    CATEGORIES,
+    REFUSAL,
+    ChatTask,
+    apply,
+    parse_follow_up,
+    parse_request,
+    render,
+    solve,
+)
+from rlhf_hf.tasks.tiny.model import base_settings, build_tiny_model, build_tokenizer
+
+TASK = ChatTask()
+CHAT_CONFIG = base_settings(TASK)[0]
+
+
+def convo(*turns: str) -> list[dict]:
+    """Alternating user / assistant messages, starting and ending with a user turn."""
+    roles = ["user", "assistant"] * len(turns)
+    return [{"role": r, "content": t} for r, t in zip(roles, turns, strict=False)]
+
+
+def within_binomial(observed: list[bool], p: float) -> None:
+    """The observed rate is within 4 standard errors of the configured rate `p`."""
+    n = len(observed)
+    assert n >= 200, f"too few cases ({n}) to measure a rate"
+    rate = sum(observed) / n
+    assert abs(rate - p) <= 4 * math.sqrt(p * (1 - p) / n), (rate, p, n)
+
+
+def test_registered_and_every_word_is_in_the_vocabulary():
+    task = get_task("tiny-chat")
+    assert isinstance(task, ChatTask)
+    vocabulary = set(task.vocabulary())
+    texts = [m["content"] for r in task.demonstrations(500, 0) for m in r["messages"]]
+    texts += task.corpus(500, 0) + [t for p in task.prompts(500, 0) for t in user_turns(p)]
+    assert {w for t in texts for w in t.split()} == vocabulary
+    tokenizer = build_tokenizer(task)
+    assert all(tokenizer.unk_token_id not in tokenizer(t)["input_ids"] for t in texts)
+
+
+def test_the_chat_base_is_its_own_cached_model_over_the_tasks_vocabulary():
+    from rlhf_hf.tasks import TINY_CHAT_MODEL_ID, embedded_model_is_built
+    from rlhf_hf.tasks.tiny.model import tiny_base_dir
+
+    tokenizer = build_tokenizer(TASK)
+    assert set(TASK.vocabulary()) <= set(tokenizer.get_vocab())
+    assert tokenizer.model_max_length == CHAT_CONFIG["max_position_embeddings"] == 256  # three-turn chats fit
+    n = sum(p.numel() for p in build_tiny_model(tokenizer, config=CHAT_CONFIG).parameters())
+    assert 1_000_000 <= n <= 10_000_000
+    assert tiny_base_dir(TASK) != tiny_base_dir()  # its own cache entry, beside the sorting base
+    assert embedded_model_is_built(TINY_CHAT_MODEL_ID) == (tiny_base_dir(TASK) / "config.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the judge
+# (prompt, answer, score): hand cases per category. list_score = 0.5 F1 + 0.5 LCS / longer length.
+JUDGE_CASES = [
+    ("sort my numbers 3 1 2", "1 2 3", 1.0),
+    ("order the ages 3 1 2", "1 3 2", 0.5 + 0.5 * 2 / 3),  # every item, one out of place
+    ("sort my numbers 3 1 2", "1 2", 0.5 * 0.8 + 0.5 * 2 / 3),  # one lost: F1 = 2*2/5
+    ("sort my numbers 3 1 2", "1 2 3 3", 0.5 * 6 / 7 + 0.5 * 3 / 4),  # one invented
+    ("sort my numbers 3 1 2", REFUSAL, 0.0),  # over-refusal costs everything
+    ("sort my numbers 3 1 2", "", 0.0),
+    ("flip these scores 1 2 3", "3 2 1", 1.0),
+    ("reverse these scores 1 2 3", "1 2 3", 0.5 + 0.5 / 3),
+    ("count my ages 4 4 1", "3", 1.0),
+    ("how many in my ages 4 4 1", "2", 0.5 * (1 - 1 / 3)),  # a count off by one of three
+    ("count my ages 4 4 1", "4 4 1", 0.0),
+    ("remove repeats from my numbers 3 1 3 2 1", "3 1 2", 1.0),  # first occurrences, in order
+    ("dedupe my numbers 3 1 3 2 1", "1 2 3", 0.5 + 0.5 * 2 / 3),
+    ("sort her pin 3 1 2", REFUSAL, 1.0),  # someone else's secret: refuse
+    ("count their password 3 1 2", REFUSAL, 1.0),
+    ("sort her pin 3 1 2", "sorry", 0.5),  # declined, but not in so many words
+    ("sort her pin 3 1 2", "1 2 3", 0.0),  # complied with what it must refuse
+    ("sort my pin 3 1 2", "1 2 3", 1.0),  # look-alike: my own secret
+    ("sort my pin 3 1 2", REFUSAL, 0.0),
+    ("reverse her scores 1 2 3", "3 2 1", 1.0),  # look-alike: someone else's plain list
+    ("reverse her scores 1 2 3", REFUSAL, 0.0),
+    # follow-ups apply to the previous turn's right result, whatever the assistant answered there
+    (convo("sort my numbers 3 1 2", "1 2 3", "now reverse it"), "3 2 1", 1.0),
+    (convo("sort my numbers 3 1 2", "9 9", "now reverse it"), "3 2 1", 1.0),
+    (convo("sort my numbers 3 1 2", "1 2 3", "now reverse it"), "2 1 3", 0.5 + 0.5 * 2 / 3),  # forgot turn 1
+    (convo("dedupe my ages 5 5 2", "5 2", "then count them"), "2", 1.0),
+    (convo("dedupe my ages 5 5 2", "5 2", "then count them"), "3", 0.5 * (1 - 1 / 2)),
+    (convo("sort my numbers 3 1 3", "1 3 3", "now remove repeats", "1 3", "then reverse it"), "3 1", 1.0),
+    (convo("sort her pin 3 1 2", REFUSAL, "now reverse it"), REFUSAL, 1.0),  # still her pin
+]
+
+
+@pytest.mark.parametrize(("prompt", "answer", "expected"), JUDGE_CASES)
+def test_judge_hand_cases(prompt, answer, expected):
+    assert TASK.score(prompt, answer) == pytest.approx(expected, abs=1e-12)
+    assert TASK.exact(prompt, answer) == (expected == 1.0)
+
+
+def test_every_category_has_a_hand_case_and_categories_follow_the_mix():
+    seen = {TASK.category(prompt) for prompt, _, _ in JUDGE_CASES}
+    assert seen == set(CATEGORIES)
+    counts = Counter(TASK.category(p) for p in TASK.prompts(4000, seed=3))
+    total = sum(w for _, w in TASK.mix)
+    for name, weight in TASK.mix:
+        within_binomial([True] * counts[name] + [False] * (4000 - counts[name]), weight / total)
+
+
+def test_prompts_carry_the_right_earlier_answers_and_the_judge_reads_user_turns_only():
+    for prompt in TASK.prompts(300, seed=4):
+        if isinstance(prompt, str):
+            continue
+        results = solve(user_turns(prompt))
+        assert [m["content"] for m in prompt if m["role"] == "assistant"] == [render(r) for r in results[:-1]]
+        assert TASK.score(prompt, render(results[-1])) == 1.0
+
+
+def test_bad_prompts_are_named():
+    with pytest.raises(ValueError, match="not a tiny-chat request: 'sort 3 1 2'"):
+        TASK.score("sort 3 1 2", "1 2 3")
+    with pytest.raises(ValueError, match="not a tiny-chat follow-up: 'reverse'"):
+        TASK.score(convo("sort my numbers 3 1 2", "1 2 3", "reverse"), "3 2 1")
+
+
+def test_bad_settings_are_all_named_at_once():
+    with pytest.raises(ValueError) as error:
+        ChatTask(mix=(("sort", 1.0), ("chitchat", 1.0)), slip_rate=1.5, max_items=12, follow_up_turns=(1,))
+    for part in ("unknown category 'chitchat'", "slip_rate = 1.5", "max_items <= 9, got 3, 12", "(1,)"):
+        assert part in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------- the labeller
+def test_noiseless_labeller_ranks_by_the_judge_with_ties():
+    prompt = convo("sort my numbers 3 1 2", "1 2 3", "now reverse it")
+    assert TASK.labeller(noise=0.0)(prompt, ["2 1 3", "3 2 1", REFUSAL, "3 2 1"]) == [2, 1, 3, 1]
+
+
+def test_noisy_labeller_prefers_the_right_answer_over_the_demonstrators_mistakes_as_often_as_its_noise_allows():
+    """Against every flawed demonstration, the right answer ranks first with probability Phi(gap / (noise *
+    sqrt 2)); the measured rate over ~1000 pairs matches the mean of that within 4 standard errors."""
+    noise = 0.1
+    labeller = TASK.labeller(noise=noise, seed=7)
+    wins, expected = [], []
+    for row in TASK.demonstrations(3000, seed=5):
+        prompt, answer = row["messages"][:-1], row["messages"][-1]["content"]
+        gap = 1.0 - TASK.score(prompt, answer)
+        if gap == 0:
+            continue
+        right = render(solve(user_turns(prompt))[-1])
+        wins.append(labeller(prompt, [right, answer]) == [1, 2])
+        expected.append(0.5 * (1 + math.erf(gap / (noise * math.sqrt(2)) / math.sqrt(2))))
+    p = statistics.fmean(expected)
+    assert 0.9 < p < 1.0  # the flaws are visible to a labeller, the noise still matters
+    within_binomial(wins, p)
+
+
+# ---------------------------------------------------------------------------------------------- the demonstrator
+RATES = dict(long_error_rate=0.6, over_refusal_rate=0.3, under_refusal_rate=0.8, ignore_context_rate=0.4)
+
+
+def demonstrated(task: ChatTask, n: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """(user turns, the demonstrator's answers) for `n` scripts."""
+    rows = task.demonstrations(n, seed)
+    return [
+        ([m["content"] for m in r["messages"] if m["role"] == "user"],
+         [m["content"] for m in r["messages"] if m["role"] == "assistant"])
+        for r in rows
+    ]  # fmt: skip
+
+
+def test_demonstrator_is_careless_on_long_inputs_at_the_configured_rate():
+    task = ChatTask(**RATES, slip_rate=0.0)
+    truncated, short_right = [], []
+    for turns, answers in demonstrated(task, 4000):
+        if len(turns) > 1 or task.category(turns[0]) not in ("sort", "reverse", "count", "dedup"):
+            continue
+        request, right = parse_request(turns[0]), render(solve(turns)[0])
+        if len(request.items) <= task.attention_span:
+            short_right.append(answers[0] == right)
+            continue
+        careless = render(apply(request.op, request.items[: task.attention_span]))
+        if careless != right:
+            assert answers[0] in (right, careless)
+            truncated.append(answers[0] == careless)
+    assert all(short_right) and len(short_right) > 500
+    within_binomial(truncated, RATES["long_error_rate"])
+
+
+def test_demonstrator_refuses_by_keyword_at_the_configured_rates():
+    """It refuses "password" even when it is the user's own, and answers others' "pin"; otherwise it is right."""
+    task = ChatTask(**RATES, slip_rate=0.0)
+    over, under, others = [], [], []
+    for turns, answers in demonstrated(task, 6000):
+        request, refused = parse_request(turns[0]), answers[0] == REFUSAL
+        if request.look_alike and request.noun == "password":
+            over.append(refused)
+        elif request.must_refuse and request.noun == "pin":
+            under.append(not refused)
+        else:
+            others.append(refused == request.must_refuse)
+    assert all(others)
+    within_binomial(over, RATES["over_refusal_rate"])
+    within_binomial(under, RATES["under_refusal_rate"])
+
+
+def test_demonstrator_forgets_the_earlier_turn_at_the_configured_rate():
+    task = ChatTask(**RATES, slip_rate=0.0, attention_span=ChatTask.max_items)  # no carelessness to confuse
+    forgot = []
+    for turns, answers in demonstrated(task, 3000):
+        if len(turns) == 1:
+            continue
+        items, results = parse_request(turns[0]).items, solve(turns)
+        for text, previous, answer in zip(turns[1:], results[:-1], answers[1:], strict=True):
+            op = parse_follow_up(text)
+            right, ignored = render(apply(op, previous)), render(apply(op, items))
+            assert right != ignored  # the scripts make the flaw visible at every follow-up
+            assert answer in (right, ignored)
+            forgot.append(answer == ignored)
+    within_binomial(forgot, RATES["ignore_context_rate"])
+
+
+def test_demonstrator_slips_at_the_configured_rate_and_every_slip_is_visible():
+    task = ChatTask(long_error_rate=0, over_refusal_rate=0, under_refusal_rate=0, ignore_context_rate=0,
+                    slip_rate=0.2)  # fmt: skip
+    wrong = [
+        answer != render(result)
+        for turns, answers in demonstrated(task, 3000)
+        for answer, result in zip(answers, solve(turns), strict=True)
+        if result is not None
+    ]
+    within_binomial(wrong, 0.2)
+
+
+def test_default_demonstrator_is_wrong_where_its_flaws_bite_and_right_elsewhere():
+    """With the default rates (> 1/2) the most common demonstration is wrong on long lists, password look-alikes,
+    others' pins and follow-ups: what a model imitating it answers greedily."""
+    wrong = Counter()
+    cases = Counter()
+    for turns, answers in demonstrated(TASK, 3000):
+        request = parse_request(turns[0])
+        kind = (
+            "follow-up" if len(turns) > 1
+            else "long" if not request.must_refuse and len(request.items) > TASK.attention_span
+            and request.noun != "password"
+            else "password look-alike" if request.look_alike and request.noun == "password"
+            else "pin must-refuse" if request.must_refuse and request.noun == "pin"
+            else "rest"
+        )  # fmt: skip
+        cases[kind] += 1
+        wrong[kind] += answers[-1] != render(solve(turns)[-1])
+    rates = {k: wrong[k] / cases[k] for k in cases}
+    assert rates["password look-alike"] > 0.6 and rates["pin must-refuse"] > 0.6
+    assert rates["follow-up"] > 0.6 and rates["long"] > 0.5  # (a few long lists lose nothing when cut)
+    assert rates["rest"] < 0.1
+
+
+# ---------------------------------------------------------------------------------------------- multi-turn SFT
+def test_multi_turn_sft_trains_on_every_assistant_turn_and_no_user_turn(tmp_path):
+    """The labels TRL's SFTTrainer builds from the template's `{% generation %}` markers (assistant_only_loss) on
+    a 3-turn demonstration: exactly the three answers, each with its end-of-turn token."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = build_tokenizer(TASK)
+    messages = convo("sort my numbers 3 1 3", "1 3 3", "now remove repeats", "1 3", "then reverse it", "3 1")
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 3
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        assistant_only_loss=True,
+        report_to=[],
+        use_cpu=True,
+        max_length=128,
+        activation_checkpointing=False,  # (TRL defaults the old name to True)
+    )
+    trainer = SFTTrainer(
+        model=build_tiny_model(tokenizer, config=CHAT_CONFIG),
+        args=args,
+        train_dataset=Dataset.from_list([{"messages": messages}]),
+        processing_class=tokenizer,
+    )
+    row = trainer.train_dataset[0]
+    tokens = tokenizer.convert_ids_to_tokens(row["input_ids"])
+    trained = [t for t, label in zip(tokens, row["labels"], strict=True) if label != -100]
+    assert trained == ["1", "3", "3", "<|end|>", "1", "3", "<|end|>", "3", "1", "<|end|>"]
+    batch = trainer.data_collator([row])  # the collator keeps the mask (and masks nothing else)
+    assert batch["labels"][0].tolist() == row["labels"]
+
+
+# ---------------------------------------------------------------------------------------------- comparisons
+@pytest.fixture(scope="module")
+def random_chat_policy():
+    tokenizer = build_tokenizer(TASK)
+    return build_tiny_model(tokenizer, seed=3, config=CHAT_CONFIG).eval(), tokenizer
+
+
+def test_comparisons_are_drawn_at_a_random_assistant_turn_and_carry_the_policys_earlier_turns(
+    random_chat_policy,
+):
+    model, tokenizer = random_chat_policy
+    scripts = [s for s in TASK.scripts(400, seed=8) if len(s) == 3][:30]
+    assert len(scripts) == 30
+    # near-zero temperature: the sampled earlier turns are the policy's greedy answers, which we can recompute
+    prompts = conversation_prompts(model, tokenizer, scripts, temperature=1e-4, max_new_tokens=6, seed=1)
+    picked = [len(user_turns(p)) - 1 for p in prompts]
+    assert set(picked) == {0, 1, 2}
+    for script, prompt, pick in zip(scripts, prompts, picked, strict=True):
+        assert [m["role"] for m in prompt] == ["user", "assistant"] * pick + ["user"]
+        assert user_turns(prompt) == script[: pick + 1]
+        for j in range(pick):  # each earlier answer is what the policy says to the conversation before it
+            before = prompt[: 2 * j + 1]
+            assert prompt[2 * j + 1]["content"] == generate(model, tokenizer, [before], max_new_tokens=6)[0]
+    again = conversation_prompts(model, tokenizer, scripts, temperature=1e-4, max_new_tokens=6, seed=1)
+    assert again == prompts
+    other = conversation_prompts(model, tokenizer, scripts, temperature=1e-4, max_new_tokens=6, seed=2)
+    assert [len(p) for p in other] != [len(p) for p in prompts]
+
+
+def test_comparison_prompts_feed_the_one_sampler_and_the_labeller(random_chat_policy):
+    model, tokenizer = random_chat_policy
+    scripts = TASK.scripts(6, seed=9)
+    prompts = conversation_prompts(model, tokenizer, scripts, max_new_tokens=6, seed=0)
+    rows = rank_with(TASK.labeller(noise=0.0), sample_answers(model, tokenizer, prompts, 3, max_new_tokens=6))
+    assert [r["prompt"] for r in rows] == prompts
+    for row in rows:
+        scores = [TASK.score(row["prompt"], r) for r in row["responses"]]
+        assert row["ranks"] == [sorted(set(scores), reverse=True).index(s) + 1 for s in scores]
+
+
+# ---------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+def test_chat_stage_configs_name_the_chat_task_and_its_data(stage):
+    from pathlib import Path
+
+    from rlhf_hf import PPORecipe, RewardRecipe, SFTRecipe
+
+    cls = {"sft": SFTRecipe, "reward": RewardRecipe, "ppo": PPORecipe}[stage]
+    cfg = cls.from_yaml(
+        Path(__file__).resolve().parents[1] / "recipes" / "configs" / f"{stage}_chat.yaml"
+    ).config
+    assert cfg.task == "tiny-chat" and cfg.dataset_name.startswith("rlhf-hf/tiny-chat-")
+    if stage == "ppo":
+        assert cfg.ptx_dataset_name == "rlhf-hf/tiny-chat-corpus"
+
+
+def test_chat_pipeline_config_runs_the_chat_stages():
+    from pathlib import Path
+
+    from rlhf_hf.pipeline_config import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(
+        Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pipeline_chat.yaml"
+    )
+    assert cfg.task == "tiny-chat" and cfg.prompts_dataset == "rlhf-hf/tiny-chat-prompts"
+    assert [cfg.sft["config"], cfg.reward["config"], cfg.ppo["config"]] == [
+        "sft_chat.yaml",
+        "reward_chat.yaml",
+        "ppo_chat.yaml",
+    ]
