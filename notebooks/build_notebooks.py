@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt
 from transformers import AutoModelForCausalLM
 
 from rlhf_hf import PPORecipe, RewardRecipe, SFTRecipe
-from rlhf_hf.evaluation import compare_policies, gold_prompts
+from rlhf_hf.evaluation import evaluate_policies, gold_prompts, print_table
 from rlhf_hf.generation import generate
 from rlhf_hf.modeling import load_tokenizer
 from rlhf_hf.reward.model import load_reward_model
@@ -126,26 +126,35 @@ for ax, key, title in zip(axes, ["objective/scores", "objective/kl", "objective/
     ax.plot([h["step"] for h in history], [h[key] for h in history]); ax.set_title(title); ax.set_xlabel("update")
 plt.tight_layout(); plt.show()
 results["rm_score_first"], results["rm_score_last"] = ppo.metrics["score_first"], ppo.metrics["score_last"]"""),
-    md("""## Did it work? Ask the gold judge
+    md("""## Did it work? Ask the gold judge, the way the model is used
 
-Both policies answer the same held-out prompts (sampled at temperature 1, as during training). The reward model is
-only a proxy; the gold judge is what we actually care about."""),
+Both policies answer the same held-out prompts twice: **greedily**, the way a chat model is served, and **sampled at
+temperature 1**, as during training. Sampled answers mostly measure how sure a policy is: PPO lowers the entropy,
+so its samples look better even when its most likely answer does not. Greedy is the result that counts.
+
+Two baselines use the same reward model without any training: **best-of-n** samples n answers from SFT and keeps
+the one the reward model likes most (n = 4 and 16). Win rates compare with SFT at the same decoding (ties count
+half); best-of-n is compared with SFT's greedy answer, the one it would replace. The reward model is only a
+proxy; the gold judge is what we actually care about."""),
     code("""ppo_model = AutoModelForCausalLM.from_pretrained(Path(ppo.output_dir, "merged"))
-table = compare_policies({"sft": sft_model, "ppo": ppo_model}, sft_model, sft_tok, reward,
-                         gold_prompts(200, TASK), task=TASK, seed=SEED)
-for name, row in table.items():
-    print(name, {k: round(v, 3) for k, v in row.items()})
-plt.bar(["SFT", "PPO"], [table["sft"]["gold_score"], table["ppo"]["gold_score"]], color=["grey", "tab:green"])
-plt.ylabel("gold score (held-out prompts)"); plt.ylim(0.5, 1.0); plt.show()
-results.update(gold_sft=table["sft"]["gold_score"], gold_ppo=table["ppo"]["gold_score"],
-               win_rate=table["ppo"]["win_rate_gold"], kl=table["ppo"]["kl"])
+rows = evaluate_policies({"sft": sft_model, "ppo": ppo_model}, sft_model, sft_tok, gold_prompts(200, TASK),
+                         reward=reward, judge=TASK.score, category=TASK.category, best_of=(4, 16), seed=SEED)
+print_table(rows)
+names = ["sft greedy", "ppo greedy", "sft sampled", "ppo sampled", "best-of-4", "best-of-16"]
+plt.bar(names, [rows[n]["gold_score"] for n in names],
+        color=["grey", "tab:green", "silver", "lightgreen", "tab:blue", "tab:blue"])
+plt.ylabel("gold score (held-out prompts)"); plt.xticks(rotation=30); plt.ylim(0.5, 1.0); plt.show()
+results.update({f"{key}_{n.replace(' ', '_').replace('-', '_')}": rows[n][metric] for n in names
+                for key, metric in (("gold", "gold_score"), ("exact", "exact"), ("win_rate", "win_rate_gold"))})
+results["kl"] = rows["ppo sampled"]["kl"]
 print(json.dumps(results))"""),
     md("""## Where next
 
 - The same three recipes take a real model id and dataset: see `notebooks/02_consumer_gpu.ipynb` (8-bit base,
   one 24 GB GPU) and the README.
 - `rlhf-hf pipeline --config recipes/configs/pipeline_tiny.yaml` runs all of this end to end, with several rounds
-  of ranking and PPO, and draws the over-optimisation curve (gold vs reward-model score along PPO)."""),
+  of ranking and PPO, and draws the over-optimisation curve (greedy and sampled gold and
+  reward-model score against KL to SFT, checkpoint by checkpoint)."""),
 ]
 
 

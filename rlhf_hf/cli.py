@@ -113,7 +113,7 @@ def _eval(args: list[str]) -> int:
     from pathlib import Path
 
     from .pipeline import PipelineConfig, RLHFPipeline
-    from .report import evaluate_run, print_table
+    from .report import evaluate_run, headline, print_table
 
     parser = argparse.ArgumentParser("rlhf-hf eval", allow_abbrev=False)
     parser.add_argument("--run", required=True, help="a pipeline run dir (holds pipeline.yaml)")
@@ -125,8 +125,8 @@ def _eval(args: list[str]) -> int:
     config = PipelineConfig.from_yaml(config_file, run_dir=ns.run)
     RLHFPipeline(config).check_finished()
     summary = evaluate_run(config, ns.run, str((Path(ns.run) / "sft" / "merged").resolve()))
-    print_table(summary["policies"])
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict | list)}, indent=2))
+    print_table(summary)
+    print("\n" + headline(summary))
     return 0
 
 

@@ -13,8 +13,9 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pip
 def run_demo(run_dir: str | Path = "runs/demo", seed: int = 0, **overrides: Any) -> dict[str, Any]:
     """Pretrain (cached) -> SFT -> sample + rank (simulated labeller) -> reward model -> PPO (with ptx) -> eval.
 
-    Writes `<run_dir>/summary.json` and the PNG curves under `<run_dir>/eval/`; prints the stage table and
-    `gold score: SFT … -> PPO …`. Re-running skips finished stages; `force=True` starts over.
+    Writes `<run_dir>/summary.json` and the PNG curves under `<run_dir>/eval/`; prints the evaluation table
+    (greedy and sampled rows, best-of-n), the stage table and a headline that leads with the greedy result.
+    Re-running skips finished stages; `force=True` starts over.
     """
     import time
 

@@ -32,12 +32,14 @@ from .outputs import claim_run_dir
 from .pipeline_config import PipelineConfig
 from .ppo import PPORecipe
 from .recipe import Recipe, RecipeResult
-from .report import evaluate_run, print_table
+from .report import evaluate_run, print_table, ranking_prompts
+from .report import headline as report_headline
 from .reward.collect import export_for_ranking, import_ranked
 from .reward.recipe import RewardRecipe
 from .reward.sampling import drop_empty_answers, rank_with, sample_answers
 from .sft import SFTRecipe
 from .tasks import get_task
+from .tasks.base import Judge, Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,17 @@ class PausedForRanking(RuntimeError):
 class RLHFPipeline:
     """`RLHFPipeline.from_yaml("pipeline.yaml").run()`: every step of InstructGPT, resumable stage by stage."""
 
-    def __init__(self, config: PipelineConfig, labeller=None) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        labeller=None,
+        judge: Judge | None = None,
+        category: Callable[[Prompt], str] | None = None,
+    ) -> None:
+        """`judge` (`(prompt, answer) -> [0, 1]`) and `category` (a prompt's category): the evaluation's, in
+        place of the config's task's; with neither a task nor a judge, no gold metrics are reported."""
         self.config = config
+        self.judge, self.category = judge, category
         self.run_dir = Path(config.run_dir)
         if config.labeller not in ("simulated", "human") and labeller is None:
             raise ValueError(f"labeller must be 'simulated' or 'human', got {config.labeller!r}")
@@ -222,6 +233,7 @@ class RLHFPipeline:
                 "model_name_or_path": sft_model,
                 "reward_model_path": str(rm_dir),
                 "output_dir": str(ppo_dir),
+                "dataset_name": cfg.ppo.get("dataset_name") or self._ppo_prompts(),
             }
             if policy_adapter:
                 fixed["init_policy_adapter"] = policy_adapter
@@ -232,13 +244,11 @@ class RLHFPipeline:
 
         eval_start = time.time()
         with self._stage_output("evaluation"):
-            summary = evaluate_run(cfg, run, sft_model)
-        headline = f"win rate vs SFT (RM) {summary['win_rate_vs_sft_rm']:.2f}"
-        if "win_rate_vs_sft" in summary:  # gold numbers: only with a task
-            headline = (
-                f"win rate vs SFT {summary['win_rate_vs_sft']:.2f}, "
-                f"RM gold-pair acc. {summary['rm_accuracy']:.2f}"
-            )
+            summary = evaluate_run(cfg, run, sft_model, judge=self.judge, category=self.category)
+        accuracy = summary.get("rm_gold_pair_accuracy")
+        headline = f"{summary.get('prompts', 0)} held-out prompts" + (
+            "" if accuracy is None else f", RM gold-pair acc. {accuracy:.2f}"
+        )
         self.timings.append(("evaluation", time.time() - eval_start, headline))
         summary["seconds"] = time.time() - start
         summary["stages"] = [{"stage": n, "seconds": s, "metric": m} for n, s, m in self.timings]
@@ -296,9 +306,18 @@ class RLHFPipeline:
         ranked_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
         return rows
 
+    def _ppo_prompts(self) -> str:
+        """PPO's prompts: the ranking prompts (never the held-out ones), as a file when they are a subset."""
+        cfg = self.config
+        if get_task(cfg.task) is not None or load_split(cfg.prompts_dataset, "test") is not None:
+            return cfg.prompts_dataset
+        path = self.run_dir / "ppo_prompts.jsonl"
+        path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ranking_prompts(cfg)))
+        return str(path)
+
     def _sample(self, policy_model: str, round_index: int) -> list[dict]:
         cfg = self.config
-        prompts = load_split(cfg.prompts_dataset, "train")["prompt"]
+        prompts = ranking_prompts(cfg)
         n = cfg.rank_prompts
         offset = ((round_index - 1) * n) % max(1, len(prompts) - n)  # fresh prompts each round
         model, tokenizer = load_for_inference(policy_model)
@@ -316,17 +335,12 @@ class RLHFPipeline:
 
     # ------------------------------------------------------------------------------------------ output
     def print_summary(self, summary: dict[str, Any]) -> None:
-        print_table(summary["policies"])
+        print_table(summary)
         print(f"\n{'stage':<28}{'seconds':>9}  key metric")
         for name, seconds, metric in self.timings:
             print(f"{name:<28}{seconds:>9.1f}  {metric}")
         print(f"{'total':<28}{summary['seconds']:>9.1f}")
-        if "gold_score_sft" not in summary:  # no task, no gold judge
-            return
-        print(
-            f"\ngold score: SFT {summary['gold_score_sft']:.2f} -> PPO {summary['gold_score_ppo']:.2f} "
-            f"(win rate vs SFT {summary['win_rate_vs_sft']:.2f}, KL {summary['kl']:.2f})"
-        )
+        print("\n" + report_headline(summary))
 
 
 def _headline(metrics: dict[str, Any]) -> str:

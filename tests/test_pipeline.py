@@ -58,19 +58,40 @@ def test_two_rounds_chain_the_stages_and_write_the_report(tmp_path, tiny_base):
     assert len(round_2) > len(round_1) and round_2[: len(round_1)] == round_1
     ppo_2 = json.loads((run / "round_2" / "ppo" / "checkpoint-2" / "trainer_state.json").read_text())
     assert ppo_2["global_step"] == 2
-    for key in ("gold_score_sft", "gold_score_ppo", "rm_accuracy", "win_rate_vs_sft", "kl", "seconds"):
-        assert isinstance(summary[key], float), key
-    assert set(summary["policies"]) == {"sft", "ppo_round_1", "ppo_round_2"}
-    assert [p["update"] for p in summary["overoptimisation"]] == [0, 2, 4]
-    assert summary["policies"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-5)
+    table = summary["table"]
+    policies = ("sft", "ppo_round_1", "ppo_round_2")
+    assert list(table) == [f"{p} {d}" for p in policies for d in ("greedy", "sampled")] + [
+        "best-of-4",
+        "best-of-16",
+    ]
+    for name, row in table.items():  # every row has every metric: the task has a judge and there is an RM
+        assert set(row) >= {"gold_score", "exact", "win_rate_gold", "rm_score", "win_rate_rm", "kl"}, name
+    assert table["sft greedy"]["win_rate_gold"] == 0.5 and table["sft sampled"]["win_rate_rm"] == 0.5
+    assert table["sft greedy"]["kl"] == table["sft sampled"]["kl"] == 0.0  # one KL per model
+    assert table["ppo_round_2 greedy"]["kl"] == table["ppo_round_2 sampled"]["kl"] > 0
+    assert summary["headline"] == {
+        "decoding": "greedy",
+        "baseline": "sft greedy",
+        "policy": "ppo_round_2 greedy",
+    }
+    assert 0.0 <= summary["rm_gold_pair_accuracy"] <= 1.0 and isinstance(summary["seconds"], float)
+    curve = summary["overoptimisation"]
+    assert [p["update"] for p in curve] == [0, 2, 4]
+    # update 0 is the policy round 2 started from, round 1's: the same answers as its table rows
+    for decoding in ("greedy", "sampled"):
+        for metric in ("gold_score", "rm_score", "length"):
+            assert curve[0][decoding][metric] == table[f"ppo_round_1 {decoding}"][metric]
+    assert curve[0]["kl"] == table["ppo_round_1 sampled"]["kl"]
+    for point in curve:
+        assert set(point) == {"update", "kl", "greedy", "sampled"} and "gold_score" in point["greedy"]
     for png in ("overoptimisation.png", "training_curves.png"):
         assert (run / "eval" / png).read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((run / "summary.json").read_text())["gold_score_ppo"] == summary["gold_score_ppo"]
+    assert json.loads((run / "summary.json").read_text())["table"] == table
     # `rlhf-hf eval` re-evaluates the finished run from its directory alone (same seeds: same numbers)
     (run / "eval" / "evaluation.json").unlink()
     assert main(["eval", "--run", str(run)]) == 0
     again = json.loads((run / "eval" / "evaluation.json").read_text())
-    assert again["gold_score_ppo"] == summary["gold_score_ppo"]  # the very same computation: exactly
+    assert again["table"] == table  # the very same computation: exactly
 
 
 def test_finished_stages_are_skipped_on_rerun_unless_forced(tmp_path, tiny_base):
@@ -102,7 +123,9 @@ def test_human_ranking_round_trip_pauses_and_resumes(tmp_path, tiny_base):
     summary = RLHFPipeline(config).run()
     comparisons = [json.loads(line) for line in (round_dir / "comparisons.jsonl").read_text().splitlines()]
     assert comparisons == import_ranked(round_dir / "ranked.jsonl")
-    assert (round_dir / "ppo" / "metrics.json").exists() and "gold_score_ppo" in summary
+    assert (round_dir / "ppo" / "metrics.json").exists() and "gold_score" in summary["table"][
+        "ppo_round_1 greedy"
+    ]
 
 
 def test_unknown_pipeline_key_is_an_error(tmp_path):
@@ -178,7 +201,7 @@ def test_reward_section_dataset_trains_the_rm_instead_of_sampling(tmp_path, monk
     monkeypatch.setattr(
         RLHFPipeline, "comparisons", lambda *a: pytest.fail("sampled despite a reward dataset")
     )
-    monkeypatch.setattr("rlhf_hf.pipeline.evaluate_run", lambda *a: {"win_rate_vs_sft_rm": 0.5})
+    monkeypatch.setattr("rlhf_hf.pipeline.evaluate_run", lambda *a, **k: {"prompts": 0})
     monkeypatch.setattr(RLHFPipeline, "print_summary", lambda self, summary: None)
     config = _config(tmp_path, rounds=2)
     config.sft.update(dataset_name=str(fixtures / "oasst1.jsonl"), dataset_format="oasst1")

@@ -16,9 +16,11 @@ from rlhf_hf.ppo.core import (
     kl_estimate,
     logprobs_from_logits,
     masked_mean,
+    masked_mean_var,
     masked_var,
     masked_whiten,
     policy_loss,
+    shape_scores,
     value_loss,
 )
 
@@ -232,10 +234,10 @@ def test_value_loss_clipped_and_unclipped():
 
 def test_explained_variance():
     returns, mask = t([[1.0, 2.0, 3.0, 50.0]]), t([[1, 1, 1, 0]])
-    assert explained_variance(returns.clone(), returns, mask) == approx(1.0)
-    assert explained_variance(torch.zeros_like(returns), returns, mask) == approx(0.0)
+    assert float(explained_variance(returns.clone(), returns, mask)) == approx(1.0)
+    assert float(explained_variance(torch.zeros_like(returns), returns, mask)) == approx(0.0)
     # residual [0, 0, 1]: unbiased var = ((1/3)^2 * 2 + (2/3)^2) / 2 = 1/3; Var(R) = 1 -> 1 - 1/3
-    assert explained_variance(t([[1.0, 2.0, 2.0, 0.0]]), returns, mask) == approx(2 / 3)
+    assert float(explained_variance(t([[1.0, 2.0, 2.0, 0.0]]), returns, mask)) == approx(2 / 3)
 
 
 # ---------------------------------------------------------------- KL controllers
@@ -275,3 +277,23 @@ def test_kl_controller_state_dict_round_trip():
     fixed = FixedKLController(0.3)
     fixed.load_state_dict(FixedKLController(0.7).state_dict())
     assert fixed.value == 0.7
+
+
+def test_statistics_through_a_reduce_match_the_local_ones():
+    # One process: the reduce (a sum over processes) is the identity and the global path gives the local numbers;
+    # 2 processes against 1 are compared end to end in test_distributed.
+    x, mask = t([[1.0, 2.0, 9.0], [3.0, 4.0, 5.0]]), t([[1, 1, 0], [1, 1, 1]])
+    mean, var = masked_mean_var(x, mask, reduce=lambda v: v)
+    assert mean.item() == approx(3.0) and var.item() == approx(2.5)  # (4 + 1 + 0 + 1 + 4) / 4
+    assert masked_whiten(x, mask, reduce=lambda v: v)[1].tolist() == approx(
+        masked_whiten(x, mask)[1].tolist()
+    )
+
+
+def test_shape_scores_normalises_clips_and_penalises_unfinished_answers():
+    raw, has_eos = t([3.0, 5.0, 100.0]), torch.tensor([True, False, True])
+    stats = {"mean": 3.0, "std": 2.0}
+    assert shape_scores(raw, has_eos).tolist() == approx([3.0, 5.0, 100.0])
+    assert shape_scores(raw, has_eos, stats=stats).tolist() == approx([0.0, 1.0, 48.5])
+    shaped = shape_scores(raw, has_eos, stats=stats, clip=2.0, missing_eos_penalty=0.5)
+    assert shaped.tolist() == approx([0.0, 0.5, 2.0])

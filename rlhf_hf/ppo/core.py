@@ -9,6 +9,7 @@ right-padded, so each row is a run of ones followed by zeros. One PPO step reads
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -59,12 +60,28 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var * n / (n - 1) if unbiased else var
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+# Sums a tensor over all processes (e.g. `accelerator.reduce(t, "sum")`): statistics taken with it are those of
+# the global batch, so N processes with B/N rows each compute what one process with B rows does.
+Reduce = Callable[[Tensor], Tensor]
+
+
+def masked_mean_var(x: Tensor, mask: Tensor, reduce: Reduce | None = None) -> tuple[Tensor, Tensor]:
+    """Masked mean and unbiased variance, over this process's rows or, with `reduce`, over all processes'."""
+    if reduce is None:
+        return masked_mean(x, mask), masked_var(x, mask)
+    mask = mask.to(x.dtype)
+    total, n = reduce(torch.stack([(x * mask).sum(), mask.sum()]))
+    mean = total / n
+    squares = reduce(((x - mean) ** 2 * mask).sum())
+    return mean, squares / (n - 1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, reduce: Reduce | None = None) -> Tensor:
     """Normalise to masked mean 0 / var 1, so the advantage scale does not depend on the reward scale.
 
     ``shift_mean=False`` keeps the original mean (TRL does this for rewards, not advantages).
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var = masked_mean_var(x, mask, reduce)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     return whitened if shift_mean else whitened + mean
 
@@ -171,9 +188,33 @@ def value_loss(
 
 
 @torch.no_grad()
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor, reduce: Reduce | None = None) -> Tensor:
     """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant, < 0 worse."""
-    return float(1.0 - masked_var(returns - values, mask) / masked_var(returns, mask))
+    return (
+        1.0 - masked_mean_var(returns - values, mask, reduce)[1] / masked_mean_var(returns, mask, reduce)[1]
+    )
+
+
+# ---------------------------------------------------------------- the score an answer gets
+def shape_scores(
+    raw: Tensor,
+    has_eos: Tensor,
+    *,
+    stats: dict[str, float] | None = None,
+    clip: float | None = None,
+    missing_eos_penalty: float | None = None,
+) -> Tensor:
+    """The RM's raw scores as PPO's episode rewards: normalised with the RM's stored statistics (reference
+    answers at mean 0, std 1, so one KL coefficient fits every RM), clipped, and lowered for answers that never
+    ended (a truncated answer would otherwise be scored as if it had)."""
+    scores = raw
+    if stats is not None:
+        scores = (scores - stats["mean"]) / max(stats["std"], 1e-8)
+    if clip is not None:
+        scores = scores.clamp(-clip, clip)
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (~has_eos).float()
+    return scores
 
 
 # ---------------------------------------------------------------- KL coefficient (beta) controllers

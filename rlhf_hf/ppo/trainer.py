@@ -33,7 +33,7 @@ from transformers.trainer_utils import TrainOutput
 
 from ..generation import as_messages, decode_answers, encode_prompts, sampling_config
 from ..outputs import AtomicCheckpoints, resolve_checkpoint
-from ..reward.model import conversation_batch, normalize
+from ..reward.model import conversation_batch
 from . import core
 from .config import PPORecipeConfig
 from .roles import PPOModel
@@ -238,7 +238,8 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
             )
             # 3. advantages: GAE over the answer tokens, whitened over the batch
             advantages, returns = core.gae(rewards, rollout.values, rollout.answer_mask, args.gamma, args.lam)
-            advantages = self.whiten(advantages, rollout.answer_mask) * rollout.answer_mask
+            advantages = core.masked_whiten(advantages, rollout.answer_mask, reduce=self.global_sum)
+            advantages = advantages * rollout.answer_mask
             # 4. num_ppo_epochs x num_mini_batches optimizer steps on this batch
             epochs_start = self.clock()
             update_stats = self.ppo_epochs(rollout, advantages, returns)
@@ -351,34 +352,23 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
         )
 
     def shape_scores(self, raw: Tensor, has_eos: Tensor) -> Tensor:
-        """Normalise with the RM's stored statistics, clip, and penalise answers that never ended."""
+        """`core.shape_scores` with this run's settings and the RM's stored statistics."""
         args, stats = self.args, self.roles.reward_stats
-        scores = raw
-        if args.normalize_reward and stats is not None:
-            scores = normalize(scores, stats)
-        if args.reward_clip is not None:
-            scores = scores.clamp(-args.reward_clip, args.reward_clip)
-        if args.missing_eos_penalty is not None:
-            scores = scores - args.missing_eos_penalty * (~has_eos).float()
-        return scores
+        return core.shape_scores(
+            raw,
+            has_eos,
+            stats=stats if args.normalize_reward else None,
+            clip=args.reward_clip,
+            missing_eos_penalty=args.missing_eos_penalty,
+        )
 
-    def global_mean_var(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Masked mean and unbiased variance over the global rollout batch (all processes' rows together)."""
+    @property
+    def global_sum(self) -> core.Reduce | None:
+        """A sum over processes for `core`'s statistics (None on one process): whitening per process would give
+        each shard its own advantage scale."""
         if self.accelerator.num_processes == 1:
-            return core.masked_mean(x, mask), core.masked_var(x, mask)
-        mask = mask.to(x.dtype)
-        total, n = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum()]), "sum")
-        mean = total / n
-        squares = self.accelerator.reduce(((x - mean) ** 2 * mask).sum(), "sum")
-        return mean, squares / (n - 1)
-
-    def whiten(self, x: Tensor, mask: Tensor) -> Tensor:
-        """`core.masked_whiten` over the global batch, so N processes with B/N prompts each whiten exactly as one
-        process with B prompts does (whitening per process would give each shard its own advantage scale)."""
-        if self.accelerator.num_processes == 1:
-            return core.masked_whiten(x, mask)
-        mean, var = self.global_mean_var(x, mask)
-        return (x - mean) * torch.rsqrt(var + 1e-8)
+            return None
+        return lambda t: self.accelerator.reduce(t, "sum")
 
     # ---------------------------------------------------------------- 4. PPO epochs
     def ppo_epochs(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, Tensor]:
@@ -489,9 +479,7 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
             "loss/total": stats["loss"],
             "val/clipfrac": stats["vf_clipfrac"],
             "val/mean": core.masked_mean(rollout.values, mask),
-            "val/explained_variance": 1.0
-            - self.global_mean_var(returns - rollout.values, mask)[1]
-            / self.global_mean_var(returns, mask)[1],
+            "val/explained_variance": core.explained_variance(rollout.values, returns, mask, self.global_sum),
             "answer/mean_length": mask.sum(1).mean(),
             "answer/eos_fraction": rollout.has_eos.float().mean(),
             "policy/ppo_epochs": stats["ppo_epochs"],
