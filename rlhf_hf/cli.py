@@ -20,6 +20,7 @@ commands:
   pipeline       the whole recipe: SFT -> (sample -> rank -> RM -> PPO) x rounds -> evaluation
   eval           evaluate a pipeline run dir again (tables, curves, summary.json)
   demo           the recipe on the embedded default (CPU, minutes), printing a table of results
+                 (`rlhf-hf demo [RUN_DIR] [--seed N]`)
   pretrain-tiny  build (or rebuild with --rebuild) the cached tiny base model of the embedded default
 """
 
@@ -35,9 +36,11 @@ def recipes() -> dict[str, type[Recipe]]:
 def _chat(args: list[str]) -> int:
     from .serve import chat, load_for_inference
 
-    parser = argparse.ArgumentParser("rlhf-hf chat")
+    parser = argparse.ArgumentParser("rlhf-hf chat", allow_abbrev=False)
     parser.add_argument(
-        "--model", required=True, help="merged model dir or adapter dir (e.g. RUN_DIR/ppo/merged)"
+        "--model",
+        required=True,
+        help="a model dir we wrote (RUN_DIR/round_1/ppo, .../ppo/merged, .../ppo/policy, RUN_DIR/sft) or a Hub id",
     )
     parser.add_argument("--system", default=None)
     parser.add_argument("--max_new_tokens", type=int, default=256)
@@ -45,14 +48,17 @@ def _chat(args: list[str]) -> int:
     parser.add_argument("--dtype", default=None)
     ns = parser.parse_args(args)
     model, tokenizer = load_for_inference(ns.model, ns.dtype)
-    chat(model, tokenizer, system=ns.system, max_new_tokens=ns.max_new_tokens, temperature=ns.temperature)
+    try:
+        chat(model, tokenizer, system=ns.system, max_new_tokens=ns.max_new_tokens, temperature=ns.temperature)
+    except KeyboardInterrupt:  # a second Ctrl-C while the REPL was handling the first
+        print()
     return 0
 
 
 def _generate(args: list[str]) -> int:
     from .serve import generate_file
 
-    parser = argparse.ArgumentParser("rlhf-hf generate")
+    parser = argparse.ArgumentParser("rlhf-hf generate", allow_abbrev=False)
     parser.add_argument("--model", required=True)
     parser.add_argument("--prompts", required=True)
     parser.add_argument("--output", required=True)
@@ -70,7 +76,7 @@ def _generate(args: list[str]) -> int:
 def _export(args: list[str]) -> int:
     from .serve import export
 
-    parser = argparse.ArgumentParser("rlhf-hf export")
+    parser = argparse.ArgumentParser("rlhf-hf export", allow_abbrev=False)
     parser.add_argument("--model", required=True, help="merged model dir or adapter dir")
     parser.add_argument("--output", required=True)
     parser.add_argument(
@@ -84,7 +90,7 @@ def _export(args: list[str]) -> int:
 def _pipeline(args: list[str]) -> int:
     from .pipeline import PausedForRanking, RLHFPipeline
 
-    parser = argparse.ArgumentParser("rlhf-hf pipeline")
+    parser = argparse.ArgumentParser("rlhf-hf pipeline", allow_abbrev=False)
     parser.add_argument("--config", required=True)
     parser.add_argument("--run_dir", default=None)
     parser.add_argument("--rounds", type=int, default=None)
@@ -106,16 +112,39 @@ def _pipeline(args: list[str]) -> int:
 def _eval(args: list[str]) -> int:
     from pathlib import Path
 
-    from .pipeline import PipelineConfig
+    from .pipeline import PipelineConfig, RLHFPipeline
     from .report import evaluate_run, headline, print_table
 
-    parser = argparse.ArgumentParser("rlhf-hf eval")
+    parser = argparse.ArgumentParser("rlhf-hf eval", allow_abbrev=False)
     parser.add_argument("--run", required=True, help="a pipeline run dir (holds pipeline.yaml)")
     ns = parser.parse_args(args)
-    config = PipelineConfig.from_yaml(f"{ns.run}/pipeline.yaml", run_dir=ns.run)
+    config_file = Path(ns.run, "pipeline.yaml")
+    if not config_file.is_file():
+        what = "is not a pipeline run dir" if Path(ns.run).is_dir() else "does not exist"
+        raise FileNotFoundError(f"Run dir {ns.run} {what} (no {config_file})")
+    config = PipelineConfig.from_yaml(config_file, run_dir=ns.run)
+    RLHFPipeline(config).check_finished()
     summary = evaluate_run(config, ns.run, str((Path(ns.run) / "sft" / "merged").resolve()))
     print_table(summary)
     print("\n" + headline(summary))
+    return 0
+
+
+def _demo(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        "rlhf-hf demo",
+        description="The whole recipe on the embedded default (tiny model, sorting task; CPU, minutes), from "
+        "scratch into RUN_DIR, ending with a table of results.",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "run_dir", nargs="?", default="runs/demo", help="where the run goes (default: runs/demo)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    ns = parser.parse_args(args)
+    from .demo import run_demo
+
+    run_demo(ns.run_dir, seed=ns.seed, force=True, quiet=True)
     return 0
 
 
@@ -131,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if command in TOOLS:
         return TOOLS[command](rest)
     if command == "demo":
-        from .demo import run_demo
-
-        run_demo(*rest[:1], force=True, quiet=True)
-        return 0
+        return _demo(rest)
     if command == "pretrain-tiny":
         from .tasks import TINY_MODEL_ID, embedded_model_path
 

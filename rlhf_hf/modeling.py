@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,78 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|e
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def is_missing_local_path(name_or_path: str) -> bool:
+    """A path that does not exist but is clearly meant as a local one, not a Hub id: `./x`, `/x`, `~/x`, `a/b/c`,
+    `x.jsonl`-like file names, or `a/b` whose `a` is a local dir."""
+    text = str(name_or_path)
+    if Path(text).expanduser().exists():
+        return False
+    return (
+        text.startswith((".", "/", "~"))
+        or text.count("/") > 1
+        or Path(text).suffix in (".json", ".jsonl", ".parquet", ".csv", ".txt", ".safetensors")
+        or ("/" in text and Path(text.split("/")[0]).is_dir())
+    )
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Map an embedded model id to its cached local dir; anything else is passed to `from_pretrained`."""
-    return embedded_model_path(name_or_path) or name_or_path
+    """The embedded default's id -> its cached local dir; a local dir as it is; a Hub id passed on.
+
+    A missing local path (`is_missing_local_path`) is a `FileNotFoundError` naming it, instead of the Hub
+    client's "couldn't connect" or "Repo id must be in the form" about a string never meant as a repo id.
+    """
+    if embedded := embedded_model_path(name_or_path):
+        return embedded
+    if is_missing_local_path(name_or_path):
+        raise FileNotFoundError(f"Model path {name_or_path} does not exist (no such local file or directory)")
+    path = Path(name_or_path).expanduser()
+    return str(path) if path.exists() else name_or_path
+
+
+@dataclass
+class InferenceModel:
+    """What to load for generation from a dir we wrote: the model (or LoRA adapter) and its tokenizer."""
+
+    model: str  # a model dir / Hub id, or the adapter dir when `base` is set
+    tokenizer: str
+    base: str | None = None  # the adapter's base model (resolved)
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer_config.json").is_file()
+
+
+def resolve_inference_model(name_or_path: str) -> InferenceModel:
+    """Accept every model dir a run of ours writes: a model dir (`sft/merged`), an adapter dir (`ppo/policy`,
+    `sft`), or a stage dir holding one (`ppo` -> `ppo/merged`, else `ppo/policy`), plus Hub ids.
+
+    An adapter resolves its base from `adapter_config.json` and its tokenizer from the adapter dir, the stage dir
+    above it (PPO writes the tokenizer next to `policy/`) or the base. Errors name the missing file.
+    """
+    resolved = resolve_model_path(name_or_path)
+    root = Path(resolved)
+    if not root.is_dir():  # a Hub id
+        return InferenceModel(resolved, resolved)
+    for candidate in (root, root / "merged", root / "policy"):
+        if (candidate / "config.json").is_file():
+            return InferenceModel(str(candidate), str(candidate if _has_tokenizer(candidate) else root))
+        adapter_config = candidate / ADAPTER_CONFIG
+        if adapter_config.is_file():
+            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+            if not base:
+                raise ValueError(f"{adapter_config} names no base model (`base_model_name_or_path`)")
+            try:
+                base = resolve_model_path(base)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"The base model of adapter {candidate} ({base}, from {adapter_config}) does not exist"
+                ) from None
+            tokenizer = next((str(d) for d in (candidate, candidate.parent) if _has_tokenizer(d)), base)
+            return InferenceModel(str(candidate), tokenizer, base)
+    raise FileNotFoundError(
+        f"{name_or_path} holds no model: expected config.json (a model dir), adapter_config.json (a LoRA adapter "
+        "dir) or a `merged/` or `policy/` subdir (a stage's output dir)"
+    )
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -278,18 +348,18 @@ def load_pretrained(path: str | Path, adapter_dir: str | Path | None = None) -> 
 def load_for_inference(
     path: str, dtype: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A merged model dir, or a LoRA adapter dir (loaded onto its base), ready for generation."""
-    path = resolve_model_path(path)
+    """Any model dir we write (merged model, LoRA adapter onto its base, a stage dir) or a Hub id, for generation."""
+    found = resolve_inference_model(path)
     kwargs = {"dtype": resolve_dtype(dtype)} if dtype else {}
-    if is_adapter_dir(path):
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+    if found.base is not None:
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(found.base, **kwargs), found.model
+        )
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(found.model, **kwargs)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    return model.eval(), load_tokenizer(path)
+    return model.eval(), load_tokenizer(found.tokenizer)
 
 
 def lora_config(

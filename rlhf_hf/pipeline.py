@@ -28,6 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from .data import load_split
 from .modeling import load_for_inference
+from .outputs import claim_run_dir
 from .pipeline_config import PipelineConfig
 from .ppo import PPORecipe
 from .recipe import Recipe, RecipeResult
@@ -84,17 +85,66 @@ class RLHFPipeline:
         return cls(PipelineConfig.from_yaml(path, **overrides))
 
     # ------------------------------------------------------------------------------------------ stages
-    def _stage(self, recipe_cls: type[Recipe], values: dict[str, Any], **fixed: Any) -> Recipe:
-        values = dict(values)
+    def _stage(self, recipe_cls: type[Recipe], section: str, **fixed: Any) -> Recipe:
+        """The stage's recipe from its section of the pipeline YAML (keys, or a `config:` stage YAML + keys) and
+        the paths the pipeline fills in; errors name the pipeline file and the section."""
+        values = dict(getattr(self.config, section))
         config_file = values.pop("config", None)
+        where = f"{self.config.config_file or 'pipeline config'}, section `{section}`"
+        recipe_cls.check_keys(values, where=where)
         defaults = {"seed": self.config.seed, "task": self.config.task}
         merged = {**defaults, **values, **fixed, "overwrite_output_dir": True}
-        if config_file is None:
-            return recipe_cls.from_dict(merged)
-        path = Path(config_file)
-        if not path.is_absolute():
-            path = Path(self.config.config_dir or Path.cwd()) / path
-        return recipe_cls.from_yaml(path, **merged)
+        try:
+            if config_file is None:
+                return recipe_cls.from_dict(merged)
+            path = Path(config_file)
+            if not path.is_absolute():
+                path = Path(self.config.config_dir or Path.cwd()) / path
+            if not path.is_file():
+                raise FileNotFoundError(f"{where}: stage config file {path} does not exist")
+            return recipe_cls.from_yaml(path, **merged)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+    def stage_recipes(self, round_index: int = 1) -> dict[str, Recipe]:
+        """Round `round_index`'s SFT, reward-model and PPO recipes, as `run` builds them."""
+        run, sft_model = self.run_dir, str((self.run_dir / "sft" / "merged").resolve())
+        round_dir = run / f"round_{round_index}"
+        fixed = {"model_name_or_path": sft_model, "output_dir": str(round_dir / "reward")}
+        fixed_ppo = {
+            "model_name_or_path": sft_model,
+            "reward_model_path": str(round_dir / "reward"),
+            "output_dir": str(round_dir / "ppo"),
+        }
+        if round_index > 1:
+            fixed_ppo["init_policy_adapter"] = str(run / f"round_{round_index - 1}" / "ppo" / "policy")
+        return {
+            "sft": self._stage(SFTRecipe, "sft", output_dir=str(run / "sft")),
+            "reward": self._stage(
+                RewardRecipe,
+                "reward",
+                **fixed,
+                dataset_name=str(round_dir / "reward_data.jsonl"),
+                labeller=None,
+            ),
+            "ppo": self._stage(PPORecipe, "ppo", **fixed_ppo),
+        }
+
+    def validate(self) -> None:
+        """Before the first stage runs: every stage's config parses (unknown keys and bad values name the pipeline
+        file and section), and the prompt datasets have a `prompt` column."""
+        recipes = self.stage_recipes()
+        for where, name in (
+            ("prompts_dataset", self.config.prompts_dataset),
+            ("section `ppo`, dataset_name", recipes["ppo"].config.dataset_name),
+        ):
+            prompts = load_split(name, "train")
+            if prompts is None or "prompt" not in prompts.column_names:
+                found = "no train split" if prompts is None else f"columns {prompts.column_names}"
+                raise ValueError(
+                    f"{self.config.config_file or 'pipeline config'}, {where}: {name!r} needs a train split "
+                    f"with a `prompt` column ({found})"
+                )
 
     def _run_stage(self, name: str, out: Path, build: Callable[[], Recipe]) -> dict[str, Any]:
         """Run a stage unless its metrics.json says it finished (then reuse its metrics)."""
@@ -136,17 +186,14 @@ class RLHFPipeline:
     def run(self) -> dict[str, Any]:
         cfg, run = self.config, self.run_dir
         start = time.time()
-        run.mkdir(parents=True, exist_ok=True)
+        self.validate()
+        claim_run_dir(run, "pipeline run")
         (run / "pipeline.yaml").write_text(
             yaml.safe_dump(_jsonable(dataclasses.asdict(cfg)), sort_keys=False)
         )
 
         sft_dir = run / "sft"
-        self._run_stage(
-            "1. SFT",
-            sft_dir,
-            build=functools.partial(self._stage, SFTRecipe, cfg.sft, output_dir=str(sft_dir)),
-        )
+        self._run_stage("1. SFT", sft_dir, build=lambda: self.stage_recipes()["sft"])
         sft_model = str((sft_dir / "merged").resolve())
 
         policy_model, policy_adapter = sft_model, None
@@ -172,7 +219,7 @@ class RLHFPipeline:
                     build=functools.partial(
                         self._stage,
                         RewardRecipe,
-                        cfg.reward,
+                        "reward",
                         model_name_or_path=sft_model,
                         output_dir=str(rm_dir),
                         labeller=None,
@@ -191,7 +238,7 @@ class RLHFPipeline:
             if policy_adapter:
                 fixed["init_policy_adapter"] = policy_adapter
             self._run_stage(
-                f"{r}. PPO", ppo_dir, build=functools.partial(self._stage, PPORecipe, cfg.ppo, **fixed)
+                f"{r}. PPO", ppo_dir, build=functools.partial(self._stage, PPORecipe, "ppo", **fixed)
             )
             policy_model, policy_adapter = str(ppo_dir / "merged"), str(ppo_dir / "policy")
 
@@ -208,6 +255,24 @@ class RLHFPipeline:
         (run / "summary.json").write_text(json.dumps(summary, indent=2))
         self.print_summary(summary)
         return summary
+
+    def stage_dirs(self) -> list[tuple[str, Path]]:
+        """(stage name, output dir) of every training stage, in the order they run."""
+        stages = [("1. SFT", self.run_dir / "sft")]
+        for r in range(1, self.config.rounds + 1):
+            stages += [(f"{r}. reward model", self.run_dir / f"round_{r}" / "reward")]
+            stages += [(f"{r}. PPO", self.run_dir / f"round_{r}" / "ppo")]
+        return stages
+
+    def check_finished(self) -> None:
+        """Before evaluating a run from its directory: every stage has finished, or the first that has not is named."""
+        for name, out in self.stage_dirs():
+            if not (out / "metrics.json").is_file():
+                state = "was started but has not finished" if out.is_dir() else "has not run"
+                raise FileNotFoundError(
+                    f"Stage {name} of run {self.run_dir} {state} (no {out / 'metrics.json'}): finish the run with "
+                    f"`rlhf-hf pipeline --config {self.run_dir / 'pipeline.yaml'} --run_dir {self.run_dir}`"
+                )
 
     # ------------------------------------------------------------------------------------------ step 2 data
     def comparisons(self, round_dir: Path, policy_model: str, round_index: int) -> list[dict]:

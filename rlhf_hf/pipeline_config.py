@@ -36,6 +36,7 @@ class PipelineConfig:
     reward: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
     config_dir: str | None = None  # stage `config:` paths are relative to it (the pipeline YAML's dir)
+    config_file: str | None = None  # the pipeline YAML itself: errors in its stage sections name it
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:
@@ -45,4 +46,5 @@ class PipelineConfig:
         if unknown := sorted(set(values) - known):
             raise ValueError(f"pipeline config {path}: unknown key(s) {unknown}")
         values.setdefault("config_dir", str(Path(path).resolve().parent))
+        values.setdefault("config_file", str(path))
         return cls(**values)

@@ -8,10 +8,12 @@ A stage's config is ONE flat dataclass: `RecipeArgs` + the stage's TRL/transform
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import json
 import os
-import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from trl import ModelConfig, TrlParser
 from .data import Prepared, train_eval_splits
 from .evaluation import gold_eval
 from .modeling import load_tokenizer, zero3_init_disabled
+from .outputs import finish_output_dir, prepare_output_dir
 from .tasks import Task, get_task
 
 
@@ -51,7 +54,10 @@ class RecipeArgs:
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Allow writing into a non-empty output dir (its contents are replaced)."},
+        metadata={
+            "help": "Replace an earlier run of ours in a non-empty output dir (only what that run wrote is removed; "
+            "a dir with other files, `.`, home or a git checkout is refused)."
+        },
     )
     task: str | None = field(
         default=None,
@@ -126,15 +132,33 @@ class Recipe:
     # ---------------------------------------------------------------- construction
     @classmethod
     def parse_args(cls, args: list[str] | None = None) -> Any:
-        """YAML (`--config file`) + CLI flags into the config; unknown keys raise, naming the key."""
-        parser = TrlParser(dataclass_types=[cls.config_class])
-        try:
-            (config,) = parser.parse_args_and_config(args)
-        except ValueError as err:
-            if "Unknown arguments" in str(err):
-                raise ValueError(f"{cls.name} config: {err}") from None
-            raise
+        """YAML (`--config file`) + CLI flags into the config; unknown keys raise, naming the file and the key."""
+        args = list(sys.argv[1:] if args is None else args)
+        if "--config" in args and args.index("--config") + 1 < len(args):
+            path = args[args.index("--config") + 1]
+            with open(path) as f:
+                values = yaml.safe_load(f) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{path}: a {cls.name} config must be a YAML mapping of keys to values")
+            cls.check_keys(values, where=path)
+        parser = TrlParser(dataclass_types=[cls.config_class], allow_abbrev=False)
+        (config,) = parser.parse_args_and_config(args)
         return config
+
+    @classmethod
+    def check_keys(cls, values: dict[str, Any], where: str | os.PathLike | None = None) -> None:
+        """Every key is a field of the stage's config (TrlParser's `env:` section aside); else a ValueError naming
+        `where`, the unknown keys and the nearest known ones."""
+        known = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = sorted(set(values) - known - {"env"})
+        if not unknown:
+            return
+        hints = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        hint = "; ".join(f"{key}: did you mean {near[0]}?" for key, near in hints.items() if near)
+        prefix = f"{where}: " if where else ""
+        raise ValueError(
+            f"{prefix}{cls.name} config: unknown key(s) {unknown}" + (f" ({hint})" if hint else "")
+        )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> Self:
@@ -155,13 +179,13 @@ class Recipe:
         Values become the parser's defaults, so strings are converted as on the command line ("2e-3" -> float)
         while Python values (None, lists, numbers) pass through unchanged.
         """
-        known = {f.name for f in dataclasses.fields(cls.config_class)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{cls.name} config: unknown key(s) {unknown}")
-        parser = TrlParser(dataclass_types=[cls.config_class])
+        cls.check_keys(values)
+        parser = TrlParser(dataclass_types=[cls.config_class], allow_abbrev=False, exit_on_error=False)
         parser.set_defaults_with_config(**values)
-        (config,) = parser.parse_args_into_dataclasses(args=[])
+        try:
+            (config,) = parser.parse_args_into_dataclasses(args=[])
+        except argparse.ArgumentError as err:  # a value of the wrong type: not a usage message and an exit
+            raise ValueError(f"{cls.name} config: {err}") from None
         return cls(config)
 
     # ---------------------------------------------------------------- running
@@ -234,29 +258,30 @@ class Recipe:
         with zero3_init_disabled():  # else generate() under ZeRO-3 waits for the other processes
             return gold_eval(policy, tokenizer, self.config.eval_gold_prompts, task=self.gold_task)
 
-    def check_output_dir(self) -> Path:
-        """Refuse to write into a non-empty output dir unless overwriting or resuming was asked for.
+    def check_output_dir(self, write: bool = True) -> Path:
+        """Refuse a non-empty output dir unless resuming, or overwriting an earlier run of ours (`outputs.py`).
 
-        Under several processes every rank checks (so all raise alike) before the main one clears the dir.
+        Under several processes every rank checks (so all raise alike) before the main one clears and marks it.
+        `write=False` only checks: for a stage that has minutes of work to do before it writes anything.
         """
         from accelerate import PartialState
 
         state = PartialState()
-        out = Path(self.config.output_dir)
         resuming = bool(getattr(self.config, "resume_from_checkpoint", None))
-        clear = out.exists() and any(out.iterdir()) and not resuming
-        if clear and not self.config.overwrite_output_dir:
-            raise FileExistsError(
-                f"Output dir {out} exists and is not empty; set `overwrite_output_dir: true` to replace it "
-                "or `resume_from_checkpoint` to continue it."
-            )
+        check = {"overwrite": self.config.overwrite_output_dir, "resuming": resuming}
+        prepare_output_dir(self.config.output_dir, self.name, **check, write=False)
+        if not write:
+            return Path(self.config.output_dir)
         state.wait_for_everyone()
-        if clear and state.is_main_process:
-            shutil.rmtree(out)
+        if state.is_main_process:
+            prepare_output_dir(self.config.output_dir, self.name, **check)
         state.wait_for_everyone()
-        return out
+        return Path(self.config.output_dir)
 
     @staticmethod
     def write_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
+        """The stage's last file: `metrics.json` says it finished (the pipeline skips it on re-run), then the
+        output dir's marker records what the run wrote."""
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
+        finish_output_dir(output_dir)

@@ -15,6 +15,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from .modeling import load_causal_lm, load_unsharded, lora_config, merge_adapter
+from .outputs import AtomicCheckpoints
 from .recipe import Recipe, RecipeArgs
 from .reward.loaders import oasst1_sft_rows
 from .tasks import TINY_MODEL_ID
@@ -71,6 +72,10 @@ class SFTRecipeConfig(RecipeArgs, SFTConfig, ModelConfig):
             )
 
 
+class AtomicSFTTrainer(AtomicCheckpoints, SFTTrainer):
+    """TRL's SFTTrainer whose checkpoints appear only when complete (`outputs.AtomicCheckpoints`)."""
+
+
 class SFTRecipe(Recipe):
     config_class = SFTRecipeConfig
     name = "sft"
@@ -118,7 +123,7 @@ class SFTRecipe(Recipe):
         model = load_causal_lm(
             cfg, trust_remote_code=cfg.trust_remote_code, gradient_checkpointing=cfg.activation_checkpointing
         )
-        trainer = SFTTrainer(
+        trainer = AtomicSFTTrainer(
             model=model,
             args=cfg,
             train_dataset=train,

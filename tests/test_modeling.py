@@ -65,7 +65,10 @@ def test_existing_chat_template_is_kept(tiny_base):
 
 def test_tiny_id_resolves_to_the_cached_local_dir(tiny_base):
     assert resolve_model_path("rlhf-hf/tiny") == str(tiny_base)
-    assert resolve_model_path("/some/dir") == "/some/dir"
+    assert resolve_model_path(str(tiny_base)) == str(tiny_base)
+    assert resolve_model_path("org/model") == "org/model"  # a Hub id
+    with pytest.raises(FileNotFoundError, match="Model path /some/dir does not exist"):
+        resolve_model_path("/some/dir")
 
 
 def test_safe_defaults_in_from_pretrained_kwargs():

@@ -135,6 +135,58 @@ def test_unknown_pipeline_key_is_an_error(tmp_path):
         PipelineConfig.from_yaml(path)
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "hint"),
+    [
+        ("sft", "lerning_rate", "learning_rate"),
+        ("reward", "sample_kk", "sample_k"),
+        ("ppo", "ptx_coeff", "ptx_coef"),
+    ],
+)
+def test_a_typo_in_any_stage_section_fails_before_any_stage_runs(tmp_path, section, key, hint):
+    """Named with the pipeline file, the section and the nearest key, not blamed on the stage YAML."""
+    config = _config(tmp_path, **{})
+    getattr(config, section)[key] = 1
+    with pytest.raises(
+        ValueError, match=rf"pipeline.yaml, section `{section}`: {section} config: unknown key"
+    ):
+        RLHFPipeline(config).run()
+    with pytest.raises(ValueError, match=rf"\['{key}'\] \({key}: did you mean {hint}\?\)"):
+        RLHFPipeline(config).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_typo_in_a_stage_yaml_or_a_bad_value_names_its_file(tmp_path):
+    stage_yaml = tmp_path / "my_ppo.yaml"
+    stage_yaml.write_text((CONFIGS / "ppo_tiny.yaml").read_text() + "kl_coeff: 0.1\n")
+    config = _config(tmp_path)
+    config.ppo["config"] = str(stage_yaml)
+    with pytest.raises(
+        ValueError, match=r"section `ppo`: .*my_ppo.yaml: ppo config: unknown key\(s\) \['kl_coeff'\]"
+    ):
+        RLHFPipeline(config).run()
+    config = _config(tmp_path)
+    config.reward["learning_rate"] = "fast"
+    with pytest.raises(ValueError, match=r"pipeline.yaml, section `reward`: .*fast"):
+        RLHFPipeline(config).run()
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"text": "sort 2 1"}\n')
+    config = _config(tmp_path, prompts_dataset=str(texts))
+    with pytest.raises(
+        ValueError, match=r"prompts_dataset: .*texts.jsonl' needs a train split with a `prompt` col"
+    ):
+        RLHFPipeline(config).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_typo_in_a_stage_yaml_on_the_command_line_names_file_key_and_hint(tmp_path):
+    bad = tmp_path / "ppo.yaml"
+    bad.write_text((CONFIGS / "ppo_tiny.yaml").read_text() + "ptx_coeff: 0.1\n")
+    with pytest.raises(ValueError, match=r"ppo.yaml: ppo config: unknown key\(s\) \['ptx_coeff'\]") as err:
+        main(["ppo", "--config", str(bad)])
+    assert "did you mean ptx_coef?" in str(err.value) and "fail_with_unknown_args" not in str(err.value)
+
+
 def test_reward_section_dataset_trains_the_rm_instead_of_sampling(tmp_path, monkeypatch):
     """`reward: {dataset_name, dataset_format}` in the pipeline YAML: round 1's RM reads that data (no sampling or
     ranking) and every round's PPO uses it; `sft: {dataset_format: oasst1}` reaches the SFT stage."""

@@ -20,8 +20,9 @@ from transformers import AutoModelForCausalLM
 from rlhf_hf import PPORecipe, PPORecipeConfig
 from rlhf_hf.cli import recipes
 from rlhf_hf.data import load_split
-from rlhf_hf.generation import encode_prompts
-from rlhf_hf.modeling import load_classifier, load_tokenizer
+from rlhf_hf.generation import encode_prompts, generate
+from rlhf_hf.modeling import load_classifier, load_for_inference, load_tokenizer
+from rlhf_hf.outputs import STAGING_DIR
 from rlhf_hf.ppo import core
 from rlhf_hf.ppo.recipe import validate_prompts
 from rlhf_hf.ppo.roles import POLICY, REWARD, VALUE, PPOModel, build_ppo_model, position_ids
@@ -445,6 +446,53 @@ def test_resume_continues_the_same_run(sft_dir, rm_dir, prompts, tmp_path):
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
 
 
+class Killed(Exception):
+    """Stands for a kill -9 in the middle of writing a checkpoint."""
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one(
+    sft_dir, rm_dir, prompts, tmp_path, monkeypatch
+):
+    """Killed between optimizer.pt and rng_state.pth of checkpoint-4: only checkpoint-2 is visible, resuming from
+    "the last checkpoint" takes it and ends with the weights, metrics and samples of the uninterrupted run."""
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2, sample_every=1)
+    straight = make_trainer(make_config(sft_dir, rm_dir, tmp_path / "straight", **common), prompts)
+    straight.train()
+    out = tmp_path / "killed"
+    save_rng_state = PPOTrainer._save_rng_state
+
+    def killed_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            raise Killed
+        save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(PPOTrainer, "_save_rng_state", killed_at_step_4)
+    with pytest.raises(Killed):
+        make_trainer(make_config(sft_dir, rm_dir, out, **common), prompts).train()
+    monkeypatch.undo()
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    partial = out / STAGING_DIR / "checkpoint-4"
+    assert (partial / "optimizer.pt").exists() and not (partial / "rng_state.pth").exists()
+    samples = [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sorted(set(samples)) == [1, 2, 3, 4]
+
+    resumed = make_trainer(make_config(sft_dir, rm_dir, out, **common), prompts)
+    resumed.train(resume_from_checkpoint=True)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / STAGING_DIR).exists()
+    for name in ("policy/adapter_model.safetensors", "value/adapter_model.safetensors"):
+        a = load_file(tmp_path / "straight" / "checkpoint-4" / name)
+        b = load_file(out / "checkpoint-4" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # the replayed updates 3 and 4 log their samples once, the same rows as the uninterrupted run's
+    assert (out / "samples.jsonl").read_text() == (tmp_path / "straight" / "samples.jsonl").read_text()
+
+    def comparable(h: dict) -> dict:
+        return {k: v for k, v in h.items() if not k.startswith("perf/")}
+
+    assert [comparable(h) for h in updates(resumed)] == [comparable(h) for h in updates(straight)]
+
+
 # ---------------------------------------------------------------------------------------------- the recipe
 def test_recipe_writes_outputs(sft_dir, rm_dir, tmp_path):
     from rlhf_hf.cli import main
@@ -475,6 +523,12 @@ def test_recipe_writes_outputs(sft_dir, rm_dir, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.config.vocab_size > 0
     assert len(list(out.glob("checkpoint-*"))) == 1  # save_total_limit: 1
+    # chat/generate/export accept the stage dir, the policy adapter (base and tokenizer resolved) and merged/
+    answers = {}
+    for path in (out, out / POLICY, out / "merged"):
+        model, tokenizer = load_for_inference(str(path))
+        answers[path.name] = generate(model, tokenizer, ["sort 3 1 2", "order 5 4"], max_new_tokens=6)
+    assert answers[out.name] == answers[POLICY] == answers["merged"]
 
 
 @pytest.mark.slow

@@ -29,9 +29,10 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_callback import ExportableState, TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import TrainOutput
 
 from ..generation import as_messages, decode_answers, encode_prompts, sampling_config
+from ..outputs import AtomicCheckpoints, resolve_checkpoint
 from ..reward.model import conversation_batch
 from . import core
 from .config import PPORecipeConfig
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 PPO_STATE_FILE = "ppo_state.json"
 TRAINER_STATE_FILE = "trainer_state.json"
+SAMPLES_FILE = "samples.jsonl"
 
 
 class IndexStream:
@@ -92,7 +94,7 @@ class Rollout:
         return self.answer_ids.shape[1]
 
 
-class PPOTrainer(Trainer):
+class PPOTrainer(AtomicCheckpoints, Trainer):
     """PPO with the roles of a `PPOModel` (policy, value, reward, reference on one base)."""
 
     def __init__(
@@ -212,7 +214,7 @@ class PPOTrainer(Trainer):
         self._init_state()
         if self.accelerator.process_index > 0:  # own sampling noise (rank 0 keeps the 1-process stream)
             torch.manual_seed(args.seed + 100_003 * self.accelerator.process_index)
-        checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, args.output_dir)
         if checkpoint is not None:
             self._resume(checkpoint)
         self.is_in_train = True
@@ -518,7 +520,7 @@ class PPOTrainer(Trainer):
             )
         out = Path(self.args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "samples.jsonl", "a") as f:
+        with open(out / SAMPLES_FILE, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         table = "| prompt | answer | score |\n|---|---|---|\n" + "".join(
             f"| {r['prompt']} | {r['answer']} | {r['score']} |\n" for r in rows
@@ -543,13 +545,6 @@ class PPOTrainer(Trainer):
         self.state.compute_steps(self.args, self.max_updates)
         self.state.init_training_references(self, self.max_updates, 1, None)
 
-    def _resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No checkpoint found in {self.args.output_dir} to resume from")
-        return resume_from_checkpoint or None
-
     def _resume(self, checkpoint: str) -> None:
         """Adapters/heads, optimizer, scheduler, trainer state, beta, data positions, then the RNG states."""
         if not Path(checkpoint, PPO_STATE_FILE).exists():
@@ -571,7 +566,18 @@ class PPOTrainer(Trainer):
         self.prompt_stream.position = extra["prompt_position"]
         if self.ptx_stream is not None and extra.get("ptx_position") is not None:
             self.ptx_stream.position = extra["ptx_position"]
+        self._drop_replayed_samples()
         self._load_rng_state(checkpoint)  # last: nothing after it may draw random numbers before update 1
+
+    def _drop_replayed_samples(self) -> None:
+        """Sample rows logged after the checkpoint's step are logged again by the updates resuming replays."""
+        path = Path(self.args.output_dir, SAMPLES_FILE)
+        if not self.is_world_process_zero() or not path.exists():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["step"] <= self.state.global_step]
+        if len(kept) < len(lines):
+            path.write_text("".join(kept))
 
     def _load_from_checkpoint(
         self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
@@ -596,21 +602,11 @@ class PPOTrainer(Trainer):
         if self.args.should_save:
             torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """PPO's own state, then Trainer's checkpoint (model via `save_model`, optimizer, scheduler, RNG, state).
-
-        PPO's file first: Trainer's save ends by rotating old checkpoints (and pushing, if asked), and a checkpoint
-        without it could not be resumed.
-        """
-        if self.args.should_save:
-            checkpoint = Path(
-                self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            extra = {
-                "kl_controller": self.kl_ctl.state_dict(),
-                "prompt_position": self.prompt_stream.position,
-                "ptx_position": self.ptx_stream.position if self.ptx_stream is not None else None,
-            }
-            (checkpoint / PPO_STATE_FILE).write_text(json.dumps(extra, indent=2))
-        super()._save_checkpoint(model, trial)
+    def save_extra_state(self, checkpoint_dir: Path) -> None:
+        """PPO's own state next to Trainer's checkpoint files: KL controller and data positions."""
+        extra = {
+            "kl_controller": self.kl_ctl.state_dict(),
+            "prompt_position": self.prompt_stream.position,
+            "ptx_position": self.ptx_stream.position if self.ptx_stream is not None else None,
+        }
+        (checkpoint_dir / PPO_STATE_FILE).write_text(json.dumps(extra, indent=2))

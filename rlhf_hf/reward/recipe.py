@@ -133,8 +133,9 @@ class RewardRecipe(Recipe):
         self, tokenizer: PreTrainedTokenizerBase
     ) -> tuple[tuple[PreparedRanked, PreparedRanked | None, list[dict]], dict[str, Any]]:
         """Ranked rows (sampled + labelled, or read), validated and tokenised before the RM loads."""
-        if not self.config.overwrite_output_dir:
-            self.check_output_dir()  # refuses a non-empty dir now, before minutes of sampling
+        self.check_output_dir(
+            write=False
+        )  # refuses a dir it may not write to now, before minutes of sampling
         train, evaluation, gold_rows, metrics = self._collect(tokenizer)
         metrics.update(
             train_prompts=len(train.rows),

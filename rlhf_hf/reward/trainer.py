@@ -23,6 +23,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
+from ..outputs import AtomicCheckpoints
 from ..validation import BadRows, DataError, RowError
 from .data import RankedReport, check_ranked
 from .loss import ranked_loss
@@ -147,7 +148,7 @@ class RankedCollator:
 
 
 # ---------------------------------------------------------------------------------------------- trainer
-class RankedRewardTrainer(RewardTrainer):
+class RankedRewardTrainer(AtomicCheckpoints, RewardTrainer):
     """`trl.RewardTrainer` on ranked rows (see module docstring); accepts a tokenised or a raw ranked dataset.
 
     `margin_scale` turns score differences into a loss margin (0 = off); `args.center_rewards_coefficient`
