@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,7 +94,9 @@ _NOT_SAMPLING = {
     "transformers_version",
     "_from_model_config",
 }
-_warned: set[tuple] = set()
+# (id of a model's own config, fields set aside) -> that config, while it lives: warn once per model, and an id
+# reused by a later config (after this one was freed) is not mistaken for it.
+_warned: weakref.WeakValueDictionary[tuple, GenerationConfig] = weakref.WeakValueDictionary()
 
 
 def _innermost(model: PreTrainedModel) -> PreTrainedModel:
@@ -118,8 +121,8 @@ def own_sampling_defaults(model: PreTrainedModel, config: GenerationConfig) -> I
         if k not in _NOT_SAMPLING and v is not None and ours.get(k) != v
     }
     key = (id(shipped), tuple(sorted(overridden)))
-    if overridden and key not in _warned:
-        _warned.add(key)
+    if overridden and _warned.get(key) is not shipped:
+        _warned[key] = shipped
         logger.warning(
             "Sampling ignores the model's own generation_config defaults %s: answers are drawn with "
             "temperature=%s, top_p=%s, top_k=%s and no other logits processing.",

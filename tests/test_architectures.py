@@ -220,6 +220,17 @@ def test_sampling_sets_the_models_own_defaults_aside_and_says_so(caplog):
     for field in ("repetition_penalty", "no_repeat_ngram_size", "min_p", "top_k"):
         assert field in caplog.text
     assert config.top_k == 0 and config.top_p == 1.0 and config.temperature == TEMPERATURE
+    # Once per model, and every new model is told: a freed config's id is often reused by the next one, which
+    # must not be taken for the one already warned about.
+    for _ in range(5):
+        caplog.clear()
+        fresh = SimpleNamespace(generation_config=GenerationConfig(**SHIPPED_SAMPLING_DEFAULTS))
+        with caplog.at_level(logging.WARNING, logger="rlhf_hf.generation"):
+            for _ in range(2):
+                with own_sampling_defaults(fresh, config):
+                    pass
+        assert caplog.text.count("repetition_penalty") == 1
+        del fresh
 
 
 # ------------------------------------------------------------------------------------------ the three stages
