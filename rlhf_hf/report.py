@@ -175,19 +175,20 @@ def plot_overoptimisation(curve: list[dict], table: dict[str, dict], path: Path,
     lines = []
     if curve:
         kl = [p["kl"] for p in curve]
-        if "gold_score" in curve[0][GREEDY]:
-            for d, style, label in (
-                (GREEDY, "o-", "greedy"),
-                (SAMPLED, "o--", f"sampled, T={temperature:g}"),
-            ):
-                lines += gold_ax.plot(
+        has_gold = "gold_score" in curve[0][GREEDY]
+        series = [(gold_ax, "gold_score", "o", "tab:green", "gold score")] if has_gold else []
+        series.append((rm_ax, "rm_score", "s", "tab:blue", "RM score"))
+        for ax, key, marker, color, name in series:
+            for d, dash, label in ((GREEDY, "-", "greedy"), (SAMPLED, "--", f"sampled, T={temperature:g}")):
+                lines += ax.plot(
                     kl,
-                    [p[d]["gold_score"] for p in curve],
-                    style,
-                    color="tab:green",
+                    [p[d][key] for p in curve],
+                    marker + dash,
+                    color=color,
                     alpha=1.0 if d == GREEDY else 0.6,
-                    label=f"gold score, {label}",
+                    label=f"{name}, {label}",
                 )
+        if has_gold:
             for x, p in zip(kl, curve, strict=True):
                 gold_ax.annotate(
                     str(p["update"]),
@@ -196,15 +197,6 @@ def plot_overoptimisation(curve: list[dict], table: dict[str, dict], path: Path,
                     xytext=(3, 3),
                     fontsize=7,
                 )
-        for d, style, label in ((GREEDY, "s-", "greedy"), (SAMPLED, "s--", f"sampled, T={temperature:g}")):
-            lines += rm_ax.plot(
-                kl,
-                [p[d]["rm_score"] for p in curve],
-                style,
-                color="tab:blue",
-                alpha=1.0 if d == GREEDY else 0.6,
-                label=f"RM score, {label}",
-            )
     for name, row in table.items():
         if name.startswith("best-of-") and "gold_score" in row:
             lines += gold_ax.plot(

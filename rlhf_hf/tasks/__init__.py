@@ -135,32 +135,18 @@ register_task("tiny-sort", _tiny_sort)
 register_task("tiny-chat", _tiny_chat)
 register_model(TINY_MODEL_ID, _tiny_base_of("tiny-sort"))
 register_model(TINY_CHAT_MODEL_ID, _tiny_base_of("tiny-chat"))
-# Seeds differ per split (1 train, 2 test) and per dataset (+100 each), so the test split holds prompts never
-# seen in training.
-register_dataset(
-    "rlhf-hf/tiny-sort-sft",
-    EmbeddedDataset("tiny-sort", "demonstrations", {"train": (2000, 1), "test": (200, 2)}),
-)
-register_dataset(
-    "rlhf-hf/tiny-sort-prompts",
-    EmbeddedDataset("tiny-sort", "prompts", {"train": (2000, 101), "test": (200, 102)}),
-)
-register_dataset(
-    "rlhf-hf/tiny-sort-corpus",
-    EmbeddedDataset("tiny-sort", "corpus", {"train": (5000, 201), "test": (200, 202)}),
-)
-register_dataset(
-    "rlhf-hf/tiny-chat-sft",
-    EmbeddedDataset("tiny-chat", "demonstrations", {"train": (4000, 301), "test": (200, 302)}),
-)
-register_dataset(
-    "rlhf-hf/tiny-chat-prompts",
-    EmbeddedDataset("tiny-chat", "prompts", {"train": (2000, 401), "test": (200, 402)}),
-)
-register_dataset(
-    "rlhf-hf/tiny-chat-corpus",
-    EmbeddedDataset("tiny-chat", "corpus", {"train": (5000, 501), "test": (200, 502)}),
-)
+# name -> (task, generator, training rows, training seed); every test split is 200 rows drawn with seed + 1. Seeds
+# differ per dataset (+100 each), so a test split holds prompts never seen in training.
+_EMBEDDED_DATASETS = {
+    "rlhf-hf/tiny-sort-sft": ("tiny-sort", "demonstrations", 2000, 1),
+    "rlhf-hf/tiny-sort-prompts": ("tiny-sort", "prompts", 2000, 101),
+    "rlhf-hf/tiny-sort-corpus": ("tiny-sort", "corpus", 5000, 201),
+    "rlhf-hf/tiny-chat-sft": ("tiny-chat", "demonstrations", 4000, 301),
+    "rlhf-hf/tiny-chat-prompts": ("tiny-chat", "prompts", 2000, 401),
+    "rlhf-hf/tiny-chat-corpus": ("tiny-chat", "corpus", 5000, 501),
+}
+for _name, (_task, _kind, _n, _seed) in _EMBEDDED_DATASETS.items():
+    register_dataset(_name, EmbeddedDataset(_task, _kind, {"train": (_n, _seed), "test": (200, _seed + 1)}))
 
 
 def __getattr__(name: str):
