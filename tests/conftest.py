@@ -6,14 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from paths import ROOT, SFT_TINY_YAML
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RLHF_HF_CACHE", str(ROOT / ".cache" / "rlhf_hf"))
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded at test time
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-SFT_TINY_YAML = ROOT / "recipes" / "configs" / "sft_tiny.yaml"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from conftest import ROOT, SFT_TINY_YAML
+from paths import ROOT, SFT_TINY_YAML
 
 from rlhf_hf import SFTRecipe, SFTRecipeConfig
 from rlhf_hf.cli import main

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, SFT_TINY_YAML
+from paths import ROOT, SFT_TINY_YAML
 from test_distributed import (
     PPO_DRIVER,
     PPO_TINY_YAML,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SFT_TINY_YAML
+from paths import ROOT, SFT_TINY_YAML
 
 REWARD_TINY_YAML = ROOT / "recipes" / "configs" / "reward_tiny.yaml"
 PPO_TINY_YAML = ROOT / "recipes" / "configs" / "ppo_tiny.yaml"

@@ -18,7 +18,7 @@ from pathlib import Path
 import ppo_fixtures
 import pytest
 import torch
-from conftest import ROOT
+from paths import ROOT
 from safetensors.torch import load_file
 
 from rlhf_hf.outputs import MARKER, STAGING_DIR, last_complete_checkpoint

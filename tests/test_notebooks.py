@@ -6,8 +6,8 @@ import json
 import math
 
 import nbformat
-from conftest import ROOT
 from nbclient import NotebookClient
+from paths import ROOT
 
 
 def _execute(name: str, parameters: str, tmp_path) -> nbformat.NotebookNode:

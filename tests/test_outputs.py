@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from paths import ROOT
 from safetensors.torch import save_file
 
 from rlhf_hf.cli import main

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT
+from paths import ROOT
 
 from rlhf_hf.cli import main
 from rlhf_hf.pipeline import PausedForRanking, PipelineConfig, RLHFPipeline

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SFT_TINY_YAML
+from paths import SFT_TINY_YAML
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
