@@ -3,14 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch: the locked version, CPU build (CI, laptops). On a GPU box: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-TORCH_SPEC ?= $(shell grep "^torch==" requirements.lock | sed "s/+cpu//")
+TORCH_SPEC ?= $(shell grep "^torch==" requirements.txt | sed "s/+cpu//")
 STAMP := $(VENV)/.installed
 
-LOCK := requirements.lock
+LOCK := requirements.txt
 
 .PHONY: install lock test-latest demo test test-slow lint format bench clean
 
-# `make install` installs exactly the versions in requirements.lock (every transitive dependency, torch's CPU
+# `make install` installs exactly the versions in requirements.txt (every transitive dependency, torch's CPU
 # build included): the versions the test suite passes with. pyproject.toml keeps ranges for `pip install rlhf-hf`.
 install: $(STAMP)
 
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 # Refresh the lock: the newest versions pyproject.toml's ranges allow, resolved in a throw-away venv.
-# Then run `make test test-slow` before committing the new requirements.lock.
+# Then run `make test test-slow` before committing the new requirements.txt.
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install -q --upgrade pip setuptools wheel
