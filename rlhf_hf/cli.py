@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -88,21 +89,23 @@ def _export(args: list[str]) -> int:
 
 
 def _pipeline(args: list[str]) -> int:
-    from .pipeline import PausedForRanking, RLHFPipeline
+    """Parsed like a stage: TRL's parser, the YAML's keys as defaults, any top-level key as a flag."""
+    from trl import TrlParser
 
-    parser = argparse.ArgumentParser("rlhf-hf pipeline", allow_abbrev=False)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--run_dir", default=None)
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument(
-        "--force", action="store_true", default=None, help="re-run stages that already finished"
-    )
-    ns = parser.parse_args(args)
-    # `is not None`: `--seed 0` is an override too
-    overrides = {k: v for k, v in vars(ns).items() if k != "config" and v is not None}
+    from .pipeline import PausedForRanking, PipelineConfig, RLHFPipeline
+
+    parser = TrlParser(dataclass_types=[PipelineConfig], prog="rlhf-hf pipeline", allow_abbrev=False)
+    if "--config" not in args[:-1]:
+        parser.error("--config FILE is required (e.g. recipes/configs/pipeline_tiny.yaml)")
+    at = args.index("--config")
+    config_file, flags = args[at + 1], args[:at] + args[at + 2 :]
+    if unknown := parser.parse_known_args(flags)[1]:  # before the file is read, as argparse would
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from_file = PipelineConfig.from_yaml(config_file)  # unknown keys in the file: an error that names it
+    (config,) = parser.parse_args_and_config(args)
+    config = dataclasses.replace(config, config_dir=from_file.config_dir, config_file=from_file.config_file)
     try:
-        RLHFPipeline.from_yaml(ns.config, **overrides).run()
+        RLHFPipeline(config).run()
     except PausedForRanking as paused:
         print(paused)
         return 3

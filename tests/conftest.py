@@ -41,3 +41,26 @@ def sft_run(tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "run"
     result = SFTRecipe.from_yaml(SFT_TINY_YAML, output_dir=str(out), report_to="none").run()
     return result, out / "merged"
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path: Path) -> Path:
+    """A model path that holds only a tokenizer: validation must fail before any model would be loaded from it."""
+    from rlhf_hf.tasks.tiny.model import build_tokenizer
+
+    path = tmp_path / "tok"
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Every stage's model loader raises: a test that passes proves the data was rejected before any model load."""
+    from rlhf_hf.reward import recipe as reward_recipe
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the data was validated")
+
+    monkeypatch.setattr(reward_recipe, "load_sequence_classifier", refuse)
+    monkeypatch.setattr(reward_recipe, "_load_policy", refuse)
+    monkeypatch.setattr("rlhf_hf.sft.load_causal_lm", refuse)

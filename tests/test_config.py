@@ -115,3 +115,27 @@ def test_either_checkpointing_name_works_without_a_future_warning(recipe, writte
     if expected is not None:
         assert cfg.activation_checkpointing is expected
     assert cfg.gradient_checkpointing is cfg.activation_checkpointing  # transformers mirrors the old name
+
+
+def test_pipeline_cli_overrides_any_top_level_key_of_its_yaml(monkeypatch):
+    """`rlhf-hf pipeline` is parsed like a stage (TrlParser): the YAML gives defaults, every key is a flag."""
+    import rlhf_hf.pipeline as pipeline_module
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, config):
+            seen["config"] = config
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(pipeline_module, "RLHFPipeline", Recorder)
+    yaml_file = ROOT / "recipes" / "configs" / "pipeline_tiny.yaml"
+    assert main(["pipeline", "--config", str(yaml_file), "--sample_k", "8", "--rounds", "2", "--force"]) == 0
+    config = seen["config"]
+    assert (config.sample_k, config.rounds, config.force) == (8, 2, True)
+    assert config.rank_prompts == 600 and config.ppo["ptx_coef"] == 0.05  # the rest from the file
+    assert config.config_dir == str(yaml_file.parent)  # stage `config:` paths resolve next to the YAML
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--config", str(yaml_file), "--sample_kk", "8"])

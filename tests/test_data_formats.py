@@ -12,7 +12,6 @@ import pytest
 from datasets import Dataset
 
 from rlhf_hf.cli import main
-from rlhf_hf.reward import recipe as reward_recipe
 from rlhf_hf.reward.loaders import detect_format, oasst1_best_paths, ranked_source_rows
 from rlhf_hf.tasks.tiny.model import build_tokenizer
 from rlhf_hf.validation import (
@@ -36,24 +35,6 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 
 def _fixture(name: str) -> list[dict]:
     return [json.loads(line) for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines()]
-
-
-@pytest.fixture
-def tokenizer_dir(tmp_path: Path) -> Path:
-    """A model path that holds only a tokenizer: loading a model from it would fail."""
-    path = tmp_path / "tok"
-    build_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the data was validated")
-
-    monkeypatch.setattr(reward_recipe, "load_sequence_classifier", refuse)
-    monkeypatch.setattr(reward_recipe, "_load_policy", refuse)
-    monkeypatch.setattr("rlhf_hf.sft.load_causal_lm", refuse)
 
 
 def _reward_cli(tmp_path: Path, model: Path | str, data: Path, *flags: str) -> int:

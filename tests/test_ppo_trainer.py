@@ -519,7 +519,13 @@ def test_recipe_writes_outputs(sft_dir, rm_dir, tmp_path):
     assert [h["step"] for h in history if "objective/kl" in h] == [1, 2]
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} == {1, 2} and all("answer" in s for s in samples)
-    assert list(out.glob("runs/*/events.out.tfevents*")) or list(out.rglob("events.out.tfevents*"))
+    events = list(out.rglob("events.out.tfevents*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = [EventAccumulator(str(e)).Reload().Tags() for e in events]
+    assert any("samples/text_summary" in tags["tensors"] for tags in logged)  # the sample table, every step
+    assert any("train/objective/kl" in tags["scalars"] for tags in logged)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.config.vocab_size > 0
     assert len(list(out.glob("checkpoint-*"))) == 1  # save_total_limit: 1

@@ -19,7 +19,6 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from rlhf_hf import RewardRecipe, RewardRecipeConfig
 from rlhf_hf.cli import recipes
-from rlhf_hf.reward import recipe as recipe_module
 from rlhf_hf.reward.collect import export_for_ranking, import_ranked
 from rlhf_hf.reward.loss import ranked_loss
 from rlhf_hf.reward.model import load_reward_model, score
@@ -97,23 +96,6 @@ def recipe(tmp_path: Path, model: Path | str, data: Path, **overrides) -> Reward
         lora_alpha=8,
     )
     return RewardRecipe.from_dict({**values, **overrides})
-
-
-@pytest.fixture
-def tokenizer_dir(tmp_path: Path) -> Path:
-    """A model path with only a tokenizer: validation must fail before any model would be loaded from it."""
-    path = tmp_path / "tok"
-    build_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the data was validated")
-
-    monkeypatch.setattr(recipe_module, "load_sequence_classifier", refuse)
-    monkeypatch.setattr(recipe_module, "_load_policy", refuse)
 
 
 # ---------------------------------------------------------------------------------------------- loss / batching

@@ -27,6 +27,7 @@ import torch
 from datasets import Dataset
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import TrainOutput
@@ -181,7 +182,7 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
         return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
 
     @contextlib.contextmanager
-    def whole_parameters(self, trainable_only: bool = False) -> Iterator[None]:
+    def gathered_parameters(self, trainable_only: bool = False) -> Iterator[None]:
         """Under ZeRO-3, every process holds whole parameters inside (collective: all processes must enter).
 
         For generation (all parameters, with ZeRO's per-module gather hooks taken off: one gather instead of one
@@ -282,7 +283,7 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
         batch = encode_prompts(tokenizer, prompts, pad_to=fixed).to(device)
         self.model_wrapped.eval()  # sampling keeps its KV cache even when training uses checkpointing
         start = self.clock()
-        with self.whole_parameters(), self.accelerator.autocast():
+        with self.gathered_parameters(), self.accelerator.autocast():
             sequences = roles.generate(
                 batch["input_ids"],
                 batch["attention_mask"],
@@ -525,12 +526,11 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
         table = "| prompt | answer | score |\n|---|---|---|\n" + "".join(
             f"| {r['prompt']} | {r['answer']} | {r['score']} |\n" for r in rows
         )
-        for callback in self.callback_handler.callbacks:
-            if type(callback).__name__ == "TensorBoardCallback":
-                if callback.tb_writer is None:
-                    callback._init_summary_writer(self.args)
-                if callback.tb_writer is not None:
-                    callback.tb_writer.add_text("samples", table, self.state.global_step)
+        for (
+            callback
+        ) in self.callback_handler.callbacks:  # its writer was opened by on_train_begin (process 0)
+            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                callback.tb_writer.add_text("samples", table, self.state.global_step)
 
     # ================================================================ state, checkpoints, resume
     def _init_state(self) -> None:
@@ -588,7 +588,7 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
         """The trainable parts (policy adapter, critic) and the tokenizer; the frozen base is never copied."""
         output_dir = Path(output_dir or self.args.output_dir)
         self.accelerator.wait_for_everyone()
-        with self.whole_parameters(trainable_only=True):  # ZeRO-3: gathered on every process, one writes
+        with self.gathered_parameters(trainable_only=True):  # ZeRO-3: gathered on every process, one writes
             if self.args.should_save:
                 self.roles.save_trainable(output_dir)
                 self.processing_class.save_pretrained(output_dir)

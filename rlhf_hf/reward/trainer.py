@@ -158,12 +158,11 @@ class RankedRewardTrainer(AtomicCheckpoints, RewardTrainer):
     def __init__(self, *args: Any, margin_scale: float = 0.0, **kwargs: Any) -> None:
         self.margin_scale = margin_scale
         default_collator = kwargs.get("data_collator") is None
-        if default_collator:  # pad id known only once the parent has settled the tokenizer's pad token
-            kwargs["data_collator"] = RankedCollator(pad_token_id=-1)
         super().__init__(*args, **kwargs)
-        if default_collator:
-            self.data_collator.pad_token_id = self.processing_class.pad_token_id
-            self.data_collator.pad_to_multiple_of = self.args.pad_to_multiple_of
+        if default_collator:  # ours replaces TRL's pairwise one, once the parent has settled the pad token
+            self.data_collator = RankedCollator(
+                self.processing_class.pad_token_id, self.args.pad_to_multiple_of
+            )
 
     def _prepare_dataset(
         self,
