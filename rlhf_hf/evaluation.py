@@ -323,10 +323,10 @@ def checkpoint_curve(
     return curve
 
 
-def print_table(rows: dict[str, dict], file=None) -> None:
+def print_table(rows: dict[str, dict]) -> None:
     """The evaluation rows as a fixed-width table (columns a row lacks, e.g. gold without a judge, are left out)."""
     cols = [c for c in METRICS if any(c in row for row in rows.values())]
-    print(f"\n{'model':<24}" + "".join(f"{c:>14}" for c in cols), file=file)
+    print(f"\n{'model':<24}" + "".join(f"{c:>14}" for c in cols))
     for name, row in rows.items():
         cells = "".join(f"{row[c]:>14.3f}" if c in row else f"{'-':>14}" for c in cols)
-        print(f"{name:<24}" + cells, file=file)
+        print(f"{name:<24}" + cells)

@@ -59,16 +59,15 @@ def sampling_config(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    top_k: int = 0,
     min_new_tokens: int | None = None,
     cache_implementation: str | None = None,
 ) -> GenerationConfig:
-    """The one `GenerationConfig` every stage samples with: temperature / top_p / top_k as given, nothing else.
+    """The one `GenerationConfig` every stage samples with: temperature and top_p as given, top_k off, nothing else.
 
     Everything not named here is neutral once `generate_ids` has set the model's own defaults aside (see there);
     PPO's log-probs (`ppo.core.logprobs_from_logits`) model exactly this distribution with top_p = 1, top_k = 0.
     """
-    sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if do_sample else {}
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens or None,
@@ -93,6 +92,11 @@ _NOT_SAMPLING = {
     "cache_config",
     "transformers_version",
     "_from_model_config",
+    "output_attentions",  # what generate returns, not what it samples
+    "output_hidden_states",
+    "output_scores",
+    "output_logits",
+    "return_dict_in_generate",
 }
 # (id of a model's own config, fields set aside) -> that config, while it lives: warn once per model, and an id
 # reused by a later config (after this one was freed) is not mistaken for it.

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, prepare_model_for_kbit_training
+from peft.utils import CONFIG_NAME as ADAPTER_CONFIG
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -50,9 +51,6 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 # Existing tokens that make a good pad when a tokenizer has none (or pads with eos), tried in order.
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
-
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def is_missing_local_path(name_or_path: str) -> bool:

@@ -22,13 +22,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from transformers.trainer import TRAINER_STATE_NAME  # Trainer writes it last into a checkpoint
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
 logger = logging.getLogger(__name__)
 
 MARKER = ".rlhf_hf_run.json"
 STAGING_DIR = ".tmp-checkpoints"
-TRAINER_STATE_FILE = "trainer_state.json"  # Trainer writes it last into a checkpoint
 
 
 # ================================================================================================ output dirs
@@ -124,6 +124,11 @@ def prepare_output_dir(
     """
     out = Path(path)
     non_empty = out.is_dir() and any(p.name != MARKER for p in out.iterdir())
+    if non_empty and resuming and read_marker(out) is None:  # else marking it ours lets an overwrite clear it
+        raise FileExistsError(
+            f"Cannot resume in {out}: it is not empty and was not written by rlhf-hf (no {MARKER}); resume from "
+            "the output dir of an earlier run of ours."
+        )
     if non_empty and not resuming:
         if not overwrite:
             raise FileExistsError(
@@ -160,8 +165,8 @@ def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
     directory. A checkpoint renamed into place is complete unless a file was damaged afterwards.
     """
     root = Path(checkpoint)
-    if not (root / TRAINER_STATE_FILE).is_file():
-        return f"{root / TRAINER_STATE_FILE} is missing (written last: the checkpoint is incomplete)"
+    if not (root / TRAINER_STATE_NAME).is_file():
+        return f"{root / TRAINER_STATE_NAME} is missing (written last: the checkpoint is incomplete)"
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         try:
             if file.suffix == ".safetensors":
@@ -246,7 +251,7 @@ class AtomicCheckpoints:
         if best and Path(best).parent == staging:
             self.state.best_model_checkpoint = str(run_dir / Path(best).name)
             if self.args.should_save:
-                self.state.save_to_json(str(staging / name / TRAINER_STATE_FILE))
+                self.state.save_to_json(str(staging / name / TRAINER_STATE_NAME))
         self.accelerator.wait_for_everyone()  # every process's files (DeepSpeed shards) are written
         if self.args.should_save and (staging / name).exists():
             if final.exists():  # a checkpoint of the same step from a run this one replays

@@ -106,43 +106,60 @@ class RLHFPipeline:
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
 
-    def stage_recipes(self, round_index: int = 1) -> dict[str, Recipe]:
-        """Round `round_index`'s SFT, reward-model and PPO recipes, as `run` builds them."""
-        run, sft_model = self.run_dir, str((self.run_dir / "sft" / "merged").resolve())
-        round_dir = run / f"round_{round_index}"
-        fixed = {"model_name_or_path": sft_model, "output_dir": str(round_dir / "reward")}
-        fixed_ppo = {
+    # Each stage's recipe, built in one place for `run` and for `validate`.
+    def _sft_recipe(self) -> Recipe:
+        return self._stage(SFTRecipe, "sft", output_dir=str(self.run_dir / "sft"))
+
+    def _reward_recipe(self, rm_dir: Path, sft_model: str, data: dict[str, str]) -> Recipe:
+        """Every round's reward model starts from SFT, on `data`: the comparisons so far, or the user's dataset."""
+        return self._stage(
+            RewardRecipe,
+            "reward",
+            model_name_or_path=sft_model,
+            output_dir=str(rm_dir),
+            labeller=None,
+            **data,
+        )
+
+    def _ppo_recipe(
+        self, ppo_dir: Path, sft_model: str, rm_dir: Path, prompts: str, policy_adapter: str | None = None
+    ) -> Recipe:
+        """PPO against `rm_dir` with the SFT model as reference, continuing `policy_adapter` (the last round's)."""
+        fixed = {
             "model_name_or_path": sft_model,
-            "reward_model_path": str(round_dir / "reward"),
-            "output_dir": str(round_dir / "ppo"),
+            "reward_model_path": str(rm_dir),
+            "output_dir": str(ppo_dir),
+            "dataset_name": prompts,
         }
-        if round_index > 1:
-            fixed_ppo["init_policy_adapter"] = str(run / f"round_{round_index - 1}" / "ppo" / "policy")
-        return {
-            "sft": self._stage(SFTRecipe, "sft", output_dir=str(run / "sft")),
-            "reward": self._stage(
-                RewardRecipe,
-                "reward",
-                **fixed,
-                dataset_name=str(round_dir / "reward_data.jsonl"),
-                labeller=None,
-            ),
-            "ppo": self._stage(PPORecipe, "ppo", **fixed_ppo),
-        }
+        if policy_adapter:
+            fixed["init_policy_adapter"] = policy_adapter
+        return self._stage(PPORecipe, "ppo", **fixed)
+
+    def _reward_data(self, round_dir: Path) -> dict[str, str]:
+        """A preference dataset in the reward section (Hub id or file, with its `dataset_format`) replaces
+        sampling + ranking; else the round's ranked comparisons file."""
+        if fixed := self.config.reward.get("dataset_name"):
+            return {"dataset_name": fixed}
+        return {"dataset_name": str(round_dir / "reward_data.jsonl"), "dataset_format": "ranked"}
 
     def validate(self) -> None:
         """Before the first stage runs: every stage's config parses (unknown keys and bad values name the pipeline
         file and section), and the prompt datasets have a `prompt` column."""
-        recipes = self.stage_recipes()
+        cfg, round_dir = self.config, self.run_dir / "round_1"
+        sft_model = str((self.run_dir / "sft" / "merged").resolve())
+        self._sft_recipe()
+        self._reward_recipe(round_dir / "reward", sft_model, self._reward_data(round_dir))
+        ppo_prompts = cfg.ppo.get("dataset_name") or cfg.prompts_dataset  # `run` may write a subset of these
+        self._ppo_recipe(round_dir / "ppo", sft_model, round_dir / "reward", ppo_prompts)
         for where, name in (
-            ("prompts_dataset", self.config.prompts_dataset),
-            ("section `ppo`, dataset_name", recipes["ppo"].config.dataset_name),
+            ("prompts_dataset", cfg.prompts_dataset),
+            ("section `ppo`, dataset_name", ppo_prompts),
         ):
             prompts = load_split(name, "train")
             if prompts is None or "prompt" not in prompts.column_names:
                 found = "no train split" if prompts is None else f"columns {prompts.column_names}"
                 raise ValueError(
-                    f"{self.config.config_file or 'pipeline config'}, {where}: {name!r} needs a train split "
+                    f"{cfg.config_file or 'pipeline config'}, {where}: {name!r} needs a train split "
                     f"with a `prompt` column ({found})"
                 )
 
@@ -193,53 +210,33 @@ class RLHFPipeline:
         )
 
         sft_dir = run / "sft"
-        self._run_stage("1. SFT", sft_dir, build=lambda: self.stage_recipes()["sft"])
+        self._run_stage("1. SFT", sft_dir, build=self._sft_recipe)
         sft_model = str((sft_dir / "merged").resolve())
 
         policy_model, policy_adapter = sft_model, None
         comparisons: list[dict] = []
-        # A preference dataset in the reward section (Hub id or file, with its `dataset_format`) replaces sampling +
-        # ranking: round 1's reward model is trained on it and serves every round.
-        fixed_data = cfg.reward.get("dataset_name")
+        user_data = cfg.reward.get("dataset_name") is not None  # round 1's RM on it serves every round
         for r in range(1, cfg.rounds + 1):
             round_dir = run / f"round_{r}"
             round_dir.mkdir(exist_ok=True)
             rm_dir = round_dir / "reward"
-            if fixed_data is None:
+            if not user_data:
                 comparisons += self.comparisons(round_dir, policy_model, r)
                 data_file = round_dir / "reward_data.jsonl"
                 data_file.write_text("".join(json.dumps(row) + "\n" for row in comparisons))
-                data = {"dataset_name": str(data_file), "dataset_format": "ranked"}
-            else:
-                data = {"dataset_name": fixed_data}
-            if fixed_data is None or r == 1:
-                self._run_stage(
-                    f"{r}. reward model",
-                    rm_dir,
-                    build=functools.partial(
-                        self._stage,
-                        RewardRecipe,
-                        "reward",
-                        model_name_or_path=sft_model,
-                        output_dir=str(rm_dir),
-                        labeller=None,
-                        **data,
-                    ),
+            if not user_data or r == 1:
+                build_rm = functools.partial(
+                    self._reward_recipe, rm_dir, sft_model, self._reward_data(round_dir)
                 )
+                self._run_stage(f"{r}. reward model", rm_dir, build=build_rm)
             else:
                 rm_dir = run / "round_1" / "reward"
             ppo_dir = round_dir / "ppo"
-            fixed = {
-                "model_name_or_path": sft_model,
-                "reward_model_path": str(rm_dir),
-                "output_dir": str(ppo_dir),
-                "dataset_name": cfg.ppo.get("dataset_name") or self._ppo_prompts(),
-            }
-            if policy_adapter:
-                fixed["init_policy_adapter"] = policy_adapter
-            self._run_stage(
-                f"{r}. PPO", ppo_dir, build=functools.partial(self._stage, PPORecipe, "ppo", **fixed)
+            prompts = cfg.ppo.get("dataset_name") or self._ppo_prompts()
+            build_ppo = functools.partial(
+                self._ppo_recipe, ppo_dir, sft_model, rm_dir, prompts, policy_adapter
             )
+            self._run_stage(f"{r}. PPO", ppo_dir, build=build_ppo)
             policy_model, policy_adapter = str(ppo_dir / "merged"), str(ppo_dir / "policy")
 
         eval_start = time.time()
@@ -319,7 +316,7 @@ class RLHFPipeline:
         cfg = self.config
         prompts = ranking_prompts(cfg)
         n = cfg.rank_prompts
-        offset = ((round_index - 1) * n) % max(1, len(prompts) - n)  # fresh prompts each round
+        offset = ((round_index - 1) * n) % max(1, len(prompts) - n + 1)  # fresh prompts each round
         model, tokenizer = load_for_inference(policy_model)
         rows = sample_answers(
             model,
@@ -329,6 +326,7 @@ class RLHFPipeline:
             temperature=cfg.sample_temperature,
             max_new_tokens=cfg.sample_max_new_tokens,
             seed=cfg.seed + round_index,
+            include_greedy=cfg.sample_include_greedy,
         )
         rows, _ = drop_empty_answers(rows)
         return rows

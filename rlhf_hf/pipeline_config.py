@@ -27,6 +27,7 @@ class PipelineConfig:
     rank_prompts: int = 600  # prompts per round whose K sampled answers get ranked
     sample_k: int = 4
     sample_temperature: float = 1.0
+    sample_include_greedy: bool = False  # one of the K is the policy's greedy answer (see sample_answers)
     sample_max_new_tokens: int = 16
     eval_prompts: int = 200
     eval_every_checkpoint: bool = True  # gold vs RM score at every PPO checkpoint (over-optimisation curve)

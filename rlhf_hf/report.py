@@ -235,13 +235,12 @@ def print_table(summary: dict[str, Any]) -> None:
     print_rows(summary["table"])
     categories = {c for row in summary["table"].values() for c in row.get("by_category", {})}
     if len(categories) > 1:
-        print(f"\n{'model':<24}{'category':<14}{'n':>5}{'gold_score':>12}{'exact':>8}{'win_rate_gold':>15}")
+        parts = [part for row in summary["table"].values() for part in row["by_category"].values()]
+        columns = [c for c in ("gold_score", "exact", "win_rate_gold") if all(c in part for part in parts)]
+        print(f"\n{'model':<24}{'category':<14}{'n':>5}" + "".join(f"{c:>15}" for c in columns))
         for name, row in summary["table"].items():
             for cat, part in row["by_category"].items():
-                print(
-                    f"{name:<24}{cat:<14}{part['n']:>5}{part['gold_score']:>12.3f}{part['exact']:>8.3f}"
-                    f"{part['win_rate_gold']:>15.3f}"
-                )
+                print(f"{name:<24}{cat:<14}{part['n']:>5}" + "".join(f"{part[c]:>15.3f}" for c in columns))
 
 
 def headline(summary: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 The reward model follows the RM stage's contract: a PEFT LoRA adapter (task SEQ_CLS, all-linear, the `score`
 head in `modules_to_save`) on the SFT merged model, plus the tokenizer and `reward_stats.json`. It is trained
-for a few seconds on (sorted, corrupted) answer pairs so that its score means something and PPO can raise it.
+on 9,600 (sorted, corrupted) answer pairs so that its score means something and PPO can raise it: with a
+third of that (200 steps) it told the SFT policy's own greedy mistakes from the right answer only 60 % of the
+time (PPO then cut greedy exact answers 0.81 -> 0.60); with 600 steps 89 % (greedy exact 0.81 -> 0.75).
 Artifacts are cached under $RLHF_HF_CACHE, keyed by FIXTURE_VERSION and the SFT config, so repeated runs reuse
 them.
 """
@@ -29,7 +31,7 @@ from rlhf_hf.tasks.tiny_sort import DEFAULT_TASK
 REPO = Path(__file__).resolve().parents[1]
 SFT_CONFIG = REPO / "recipes" / "configs" / "sft_tiny.yaml"
 FIXTURE_VERSION = (
-    "2"  # bump when the way fixtures are built changes (the cache is keyed by it and the SFT config)
+    "3"  # bump when the way fixtures are built changes (the cache is keyed by it and the SFT config)
 )
 
 
@@ -90,7 +92,7 @@ def _pair_texts(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> tuple[
     return chosen, rejected
 
 
-def train_reward_adapter(sft_dir: Path, out: Path, *, steps: int = 200, seed: int = 0) -> Path:
+def train_reward_adapter(sft_dir: Path, out: Path, *, steps: int = 600, seed: int = 0) -> Path:
     """A LoRA SEQ_CLS reward model on the SFT base, trained briefly with the Bradley-Terry loss."""
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(str(sft_dir))

@@ -233,6 +233,17 @@ def test_sampling_sets_the_models_own_defaults_aside_and_says_so(caplog):
         del fresh
 
 
+def test_no_warning_for_a_models_output_settings(caplog):
+    """What `generate` returns (attentions, hidden states) says nothing about sampling: no warning for it."""
+    tok = tokenizer("chatml", False)
+    outputs_only = GenerationConfig(output_attentions=False, output_hidden_states=False, output_scores=False)
+    model = SimpleNamespace(generation_config=outputs_only)
+    config = sampling_config(tok, max_new_tokens=4, do_sample=True, temperature=TEMPERATURE)
+    with caplog.at_level(logging.WARNING, logger="rlhf_hf.generation"), own_sampling_defaults(model, config):
+        pass
+    assert caplog.text == ""
+
+
 # ------------------------------------------------------------------------------------------ the three stages
 COMMON = dict(
     overwrite_output_dir=True,

@@ -148,3 +148,15 @@ def test_evaluate_policies_rows_at_both_decodings_with_and_without_a_judge(tiny_
     assert greedy["win_rate_gold"] == 0.5
     categories = greedy["by_category"]
     assert set(categories) <= {"sort", "order"} and sum(c["n"] for c in categories.values()) == 8
+
+
+def test_report_table_by_category_without_a_judge_prints_what_there_is(capsys):
+    """Categories without gold metrics (no judge): the breakdown shows only the columns every part has."""
+    from rlhf_hf.report import print_table
+
+    parts = {"sort": {"n": 3, "rm_score": 0.5, "win_rate_rm": 0.5}, "chat": {"n": 2, "rm_score": 0.1}}
+    row = {"rm_score": 0.3, "kl": 0.0, "by_category": parts}
+    print_table({"table": {"sft greedy": row}})
+    out = capsys.readouterr().out
+    assert "gold_score" not in out.split("category")[1]
+    assert "sft greedy              sort              3" in out and "chat" in out

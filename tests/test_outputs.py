@@ -25,6 +25,7 @@ from rlhf_hf.outputs import (
     finish_output_dir,
     last_complete_checkpoint,
     prepare_output_dir,
+    read_marker,
     resolve_checkpoint,
 )
 
@@ -123,6 +124,18 @@ def test_an_interrupted_run_of_ours_is_cleared_and_resuming_keeps_it(tmp_path):
     assert [p.name for p in out.iterdir()] == [MARKER]
 
 
+def test_resuming_in_a_foreign_dir_is_refused_and_leaves_it_unmarked(tmp_path):
+    """Else the marker would make the user's files ours, and the next overwrite would delete them."""
+    out = tmp_path / "theirs"
+    files = _foreign(out)
+    with pytest.raises(FileExistsError, match="Cannot resume in .*not written by rlhf-hf"):
+        prepare_output_dir(out, "ppo", overwrite=False, resuming=True)
+    assert not (out / MARKER).exists()
+    with pytest.raises(FileExistsError, match="not written by rlhf-hf"):
+        prepare_output_dir(out, "ppo", overwrite=True)
+    assert _survived(files)
+
+
 def test_every_recipe_refuses_a_foreign_output_dir_before_loading_a_model(tmp_path, tiny_base):
     out = tmp_path / "mine"
     files = _foreign(out)
@@ -152,7 +165,9 @@ def test_pipeline_refuses_a_foreign_run_dir_and_export_a_foreign_dir(tmp_path):
         main(["export", "--model", str(tmp_path / "no-model"), "--output", str(run)])
     assert _survived(files) and sorted(p.name for p in run.iterdir()) == ["data", "notes.txt"]
     assert claim_run_dir(tmp_path / "new", "pipeline run") == tmp_path / "new"
-    assert claim_run_dir(tmp_path / "new", "pipeline run") == tmp_path / "new"  # ours: resumable
+    assert read_marker(tmp_path / "new")["stage"] == "pipeline run"
+    claim_run_dir(tmp_path / "new", "pipeline run")  # ours: claimed again to resume, no error
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [MARKER]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

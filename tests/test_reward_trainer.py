@@ -333,6 +333,21 @@ def test_sample_export_rank_import_round_trip(sft_run, tmp_path):
     assert len(prepare_ranked(imported, tokenizer, max_length=64, ties="drop").rows) >= 1
 
 
+def test_include_greedy_puts_the_served_answer_first_among_k(sft_run):
+    """The greedy answer is one of the K (first), the other K-1 are the same seeded samples as without it."""
+    from rlhf_hf.generation import generate
+
+    _, sft_dir = sft_run
+    model, tokenizer = load_causal_lm_dir(sft_dir)
+    prompts = DEFAULT_TASK.prompts(5, seed=4)
+    with_greedy = sample_answers(model, tokenizer, prompts, 3, max_new_tokens=12, seed=1, include_greedy=True)
+    sampled_only = sample_answers(model, tokenizer, prompts, 2, max_new_tokens=12, seed=1)
+    greedy = generate(model, tokenizer, prompts, max_new_tokens=12)
+    assert [r["prompt"] for r in with_greedy] == prompts
+    assert [r["responses"][0] for r in with_greedy] == greedy
+    assert [r["responses"][1:] for r in with_greedy] == [r["responses"] for r in sampled_only]
+
+
 def load_causal_lm_dir(path: Path):
     from transformers import AutoModelForCausalLM
 

@@ -63,16 +63,6 @@ def test_merged_model_generates_exactly_like_adapter_on_base(sft_run, tiny_base)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Validation must fail before any model is loaded."""
-
-    def boom(*args, **kwargs):
-        raise AssertionError("a model was loaded before the data was validated")
-
-    monkeypatch.setattr("rlhf_hf.sft.load_causal_lm", boom)
-
-
 def _rows(tmp_path, rows, name="data.jsonl"):
     path = tmp_path / name
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -111,9 +101,7 @@ def _ok(content="1 2 3"):
         ),
     ],
 )
-def test_bad_rows_are_reported_with_row_and_field_before_training(
-    tmp_path, no_model_loading, bad_row, message
-):
+def test_bad_rows_are_reported_with_row_and_field_before_training(tmp_path, no_model_load, bad_row, message):
     rows = [_ok(), _ok()] + [bad_row]
     if "missing column" in message:
         rows = [bad_row]
@@ -122,7 +110,7 @@ def test_bad_rows_are_reported_with_row_and_field_before_training(
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
-def test_prompt_completion_errors_name_the_field(tmp_path, no_model_loading):
+def test_prompt_completion_errors_name_the_field(tmp_path, no_model_load):
     rows = [{"prompt": "sort 2 1", "completion": "1 2"}, {"prompt": "sort 2 1", "completion": ""}]
     with pytest.raises(ValueError, match="row 1 \\(line 2\\): field 'completion' is empty"):
         _recipe(tmp_path, _rows(tmp_path, rows)).run()
@@ -134,7 +122,7 @@ def test_long_rows_are_dropped_only_when_asked(tmp_path):
     assert result.metrics["dropped_too_long"] == 1 and result.metrics["train_rows"] == 6
 
 
-def test_existing_output_dir_is_not_overwritten_without_the_flag(tmp_path, no_model_loading):
+def test_existing_output_dir_is_not_overwritten_without_the_flag(tmp_path, no_model_load):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")

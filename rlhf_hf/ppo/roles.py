@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_FILE
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedModel, set_seed
+from trl.trainer.utils import disable_dropout_in_model
 
 from ..generation import generate_ids
 from ..modeling import (
@@ -45,7 +47,6 @@ from .config import PPORecipeConfig
 logger = logging.getLogger(__name__)
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
-ADAPTER_FILE = "adapter_model.safetensors"
 HEAD_FILE = "value_head.safetensors"
 
 
@@ -311,6 +312,16 @@ class PPOModel(nn.Module):
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, directory / ADAPTER_FILE)
         self.lm.peft_config[name].save_pretrained(str(directory))
 
+    def _load_adapter(self, name: str, directory: Path) -> None:
+        """Inverse of `save_adapter`; a checkpoint that lacks some of the adapter's weights is an error."""
+        result = set_peft_model_state_dict(self.lm, load_file(directory / ADAPTER_FILE), adapter_name=name)
+        missing = [k for k in result.missing_keys if f".{name}." in k]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{directory}: the checkpoint does not match the {name} adapter (missing {missing[:3]}, "
+                f"unexpected {result.unexpected_keys[:3]})"
+            )
+
     def save_trainable(self, directory: Path) -> None:
         """`<dir>/policy` (adapter) and `<dir>/value` (adapter + head, head, or full model, per the critic)."""
         self.save_adapter(POLICY, directory / POLICY)
@@ -326,14 +337,24 @@ class PPOModel(nn.Module):
     def load_trainable(self, directory: Path) -> None:
         """In-place inverse of `save_trainable` (parameters keep their identity, so the optimizer still holds them)."""
         device = next(self.trainable_parameters()).device
-        set_peft_model_state_dict(self.lm, load_file(directory / POLICY / ADAPTER_FILE), adapter_name=POLICY)
+        self._load_adapter(POLICY, directory / POLICY)
         value_dir = directory / VALUE
         if self.critic == "model":
             state = load_file(value_dir / "model.safetensors", device=str(device))
-            self.value_model.load_state_dict(state, strict=False)
+            result = self.value_model.load_state_dict(
+                state, strict=False
+            )  # save_pretrained drops tied copies
+            current = self.value_model.state_dict()
+            loaded = {current[k].data_ptr() for k in state if k in current}
+            missing = [k for k in result.missing_keys if current[k].data_ptr() not in loaded]
+            if missing or result.unexpected_keys:
+                raise ValueError(
+                    f"{value_dir}: the checkpoint does not match the value model (missing {missing[:3]}, "
+                    f"unexpected {result.unexpected_keys[:3]})"
+                )
             return
         if self.critic == "adapter":
-            set_peft_model_state_dict(self.lm, load_file(value_dir / ADAPTER_FILE), adapter_name=VALUE)
+            self._load_adapter(VALUE, value_dir)
         with torch.no_grad():
             self.value_head.weight.copy_(load_file(value_dir / HEAD_FILE)["weight"])
 
@@ -382,13 +403,6 @@ def _gathered_copy(weight: nn.Parameter) -> Tensor:
         return weight.detach().clone()
 
 
-def _disable_dropout(module: nn.Module) -> None:
-    """PPO compares log-probs of the same tokens across passes: dropout would make the ratio noisy."""
-    for m in module.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-
-
 def build_ppo_model(cfg: PPORecipeConfig, pad_token_id: int) -> PPOModel:
     """Base + roles per `cfg.critic` and the kind of reward model in `cfg.reward_model_path`."""
     set_seed(cfg.seed)  # LoRA initialisation is random: seed it so runs (and resumed runs) start identically
@@ -426,7 +440,7 @@ def build_ppo_model(cfg: PPORecipeConfig, pad_token_id: int) -> PPOModel:
         value_model = _value_model(cfg, reward_dir, pad_token_id)
     for module in (lm, reward_model, value_model):
         if module is not None:
-            _disable_dropout(module)
+            disable_dropout_in_model(module)  # PPO's ratio compares passes
     device = next(base.parameters()).device
     heads = [h.to(device) if h is not None else None for h in (value_head, reward_head)]
     return PPOModel(

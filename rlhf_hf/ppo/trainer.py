@@ -28,7 +28,7 @@ from datasets import Dataset
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer import SCHEDULER_NAME
+from transformers.trainer import SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import TrainOutput
 
@@ -42,7 +42,6 @@ from .roles import PPOModel
 logger = logging.getLogger(__name__)
 
 PPO_STATE_FILE = "ppo_state.json"
-TRAINER_STATE_FILE = "trainer_state.json"
 SAMPLES_FILE = "samples.jsonl"
 
 
@@ -557,7 +556,7 @@ class PPOTrainer(AtomicCheckpoints, Trainer):
         else:
             self._load_from_checkpoint(checkpoint)
         self._load_optimizer_and_scheduler(checkpoint)
-        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_FILE))
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         self._load_callback_state()  # stateful callbacks (e.g. early stopping), as Trainer's resume does
         self.state.compute_steps(self.args, self.max_updates)
         self.state.init_training_references(self, self.max_updates, 1, None)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from datasets import Dataset
+from trl.data_utils import common_prefix_length
 
 from ..validation import BadRows, RowError, check_text, is_messages
 
@@ -93,20 +94,13 @@ def _pair_scores(row: Mapping[str, Any], index: int) -> list[float] | None:
     return None
 
 
-def _common_prefix_len(a: list[Message], b: list[Message]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def _from_pairwise(row: Mapping[str, Any], index: int) -> dict:
     prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
     if prompt is None:  # format (e): TRL's implicit prompt = shared message prefix
         if not (is_messages(chosen) and is_messages(rejected)):
             hint = "; an implicit prompt is only split off message lists (raw hh-rlhf: `dataset_format: hh-rlhf`)"
             raise _missing(index, "'prompt'", row, hint)
-        n = _common_prefix_len(chosen, rejected)
+        n = common_prefix_length(chosen, rejected)
         prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
     return _canonical(prompt, [chosen, rejected], [1, 2], _pair_scores(row, index))
 

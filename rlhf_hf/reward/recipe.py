@@ -94,6 +94,12 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
     sample_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
     sample_max_new_tokens: int = field(default=16, metadata={"help": "Longest sampled answer."})
     sample_batch_size: int = field(default=256, metadata={"help": "Prompts x K generated per batch."})
+    sample_include_greedy: bool = field(
+        default=False,
+        metadata={
+            "help": "One of the K answers is the policy's greedy answer (ranked against the sampled ones)."
+        },
+    )
     eval_gold_prompts: int = field(
         default=200,
         metadata={"help": "Held-out prompts for gold pair accuracy (with `labeller` and `task`; 0 = off)."},
@@ -250,6 +256,7 @@ class RewardRecipe(Recipe):
                 seed=seed,
                 batch_size=cfg.sample_batch_size,
                 progress=not cfg.disable_tqdm,
+                include_greedy=cfg.sample_include_greedy,
             )
             return drop_empty_answers(rows)
 

@@ -30,27 +30,30 @@ def sample_answers(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = False,
+    include_greedy: bool = False,
 ) -> list[dict]:
-    """`[{"prompt", "responses": [K sampled answers]}]`, one row per prompt, in prompt order.
+    """`[{"prompt", "responses": [K answers]}]`, one row per prompt, in prompt order.
 
-    Each prompt is repeated K times in the generation batch so its K answers are independent samples.
+    Each prompt is repeated in the generation batch so its sampled answers are independent samples.
+    `include_greedy`: the first of the K is the policy's greedy answer, the answer it is served with, so the
+    labeller ranks it against alternatives and the reward model learns where that answer is wrong (sampled
+    answers alone rarely contain it against a better one where it matters; benchmarks/DIAGNOSIS.md).
     """
     if k < 2:
         raise ValueError(f"sample_k must be >= 2 to have something to compare, got {k}")
-    repeated = [p for p in prompts for _ in range(k)]
+    n_sampled = k - 1 if include_greedy else k
+    repeated = [p for p in prompts for _ in range(n_sampled)]
     torch.manual_seed(seed)
+    common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     answers = generate(
-        model,
-        tokenizer,
-        repeated,
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        batch_size=batch_size,
-        progress=progress,
+        model, tokenizer, repeated, do_sample=True, temperature=temperature, top_p=top_p, **common
     )
-    return [{"prompt": p, "responses": answers[i * k : (i + 1) * k]} for i, p in enumerate(prompts)]
+    greedy = generate(model, tokenizer, list(prompts), **common) if include_greedy else []
+    rows = []
+    for i, prompt in enumerate(prompts):
+        sampled = answers[i * n_sampled : (i + 1) * n_sampled]
+        rows.append({"prompt": prompt, "responses": [greedy[i], *sampled] if include_greedy else sampled})
+    return rows
 
 
 def conversation_prompts(

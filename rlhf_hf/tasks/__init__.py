@@ -149,15 +149,6 @@ for _name, (_task, _kind, _n, _seed) in _EMBEDDED_DATASETS.items():
     register_dataset(_name, EmbeddedDataset(_task, _kind, {"train": (_n, _seed), "test": (200, _seed + 1)}))
 
 
-def __getattr__(name: str):
-    """`SortTask` stays importable from here for compatibility (loaded on first use, like every task)."""
-    if name == "SortTask":
-        from .tiny_sort import SortTask
-
-        return SortTask
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "TINY_CHAT_MODEL_ID",
     "TINY_MODEL_ID",
@@ -166,7 +157,6 @@ __all__ = [
     "Judge",
     "Prompt",
     "SimulatedLabeller",
-    "SortTask",
     "Task",
     "embedded_dataset",
     "embedded_model_is_built",

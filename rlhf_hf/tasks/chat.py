@@ -388,6 +388,3 @@ class ChatTask(Task):
             return "follow-up"
         request = parse_request(turns[0])
         return "refuse" if request.must_refuse else "look-alike" if request.look_alike else request.op
-
-    def refused(self, answer: str) -> bool:
-        return is_refusal(answer)

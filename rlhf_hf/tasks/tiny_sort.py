@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .base import Prompt, SimulatedLabeller, Task, last_user_turn
+from .base import Prompt, Task, last_user_turn
 
 DIGITS = [str(d) for d in range(10)]
 INSTRUCTIONS = ["sort", "order"]  # two phrasings of the same request
@@ -137,4 +137,4 @@ class SortTask(Task):
 
 DEFAULT_TASK = SortTask()
 
-__all__ = ["DEFAULT_TASK", "SimulatedLabeller", "SortTask"]
+__all__ = ["DEFAULT_TASK", "SortTask"]
