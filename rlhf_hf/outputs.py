@@ -123,11 +123,16 @@ def prepare_output_dir(
     alike, before the main one clears.
     """
     out = Path(path)
-    non_empty = out.is_dir() and any(p.name != MARKER for p in out.iterdir())
-    if non_empty and resuming and read_marker(out) is None:  # else marking it ours lets an overwrite clear it
+    entries = [p.name for p in out.iterdir() if p.name != MARKER] if out.is_dir() else []
+    non_empty = bool(entries)
+    # Resuming marks the dir ours, and a later overwrite clears what is ours: so a dir without our marker may hold
+    # checkpoints (copied there to resume from) but nothing else.
+    foreign = [n for n in entries if not n.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and n != STAGING_DIR]
+    if resuming and foreign and read_marker(out) is None:
         raise FileExistsError(
-            f"Cannot resume in {out}: it is not empty and was not written by rlhf-hf (no {MARKER}); resume from "
-            "the output dir of an earlier run of ours."
+            f"Cannot resume in {out}: it was not written by rlhf-hf (no {MARKER}) and holds more than checkpoints "
+            f"({_listing(foreign)}); resume in the output dir of an earlier run of ours, or in a dir with only "
+            "the checkpoint(s) copied into it."
         )
     if non_empty and not resuming:
         if not overwrite:

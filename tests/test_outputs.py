@@ -128,12 +128,17 @@ def test_resuming_in_a_foreign_dir_is_refused_and_leaves_it_unmarked(tmp_path):
     """Else the marker would make the user's files ours, and the next overwrite would delete them."""
     out = tmp_path / "theirs"
     files = _foreign(out)
-    with pytest.raises(FileExistsError, match="Cannot resume in .*not written by rlhf-hf"):
+    (out / "checkpoint-2").mkdir()
+    with pytest.raises(FileExistsError, match="Cannot resume in .*not written by rlhf-hf.*data, notes.txt"):
         prepare_output_dir(out, "ppo", overwrite=False, resuming=True)
     assert not (out / MARKER).exists()
     with pytest.raises(FileExistsError, match="not written by rlhf-hf"):
         prepare_output_dir(out, "ppo", overwrite=True)
     assert _survived(files)
+    copied = tmp_path / "copied"  # a checkpoint copied into a new dir to resume there: allowed
+    (copied / "checkpoint-2").mkdir(parents=True)
+    prepare_output_dir(copied, "ppo", overwrite=False, resuming=True)
+    assert (copied / MARKER).exists() and (copied / "checkpoint-2").is_dir()
 
 
 def test_every_recipe_refuses_a_foreign_output_dir_before_loading_a_model(tmp_path, tiny_base):
