@@ -36,10 +36,10 @@ from .report import evaluate_run, print_table, ranking_prompts
 from .report import headline as report_headline
 from .reward.collect import export_for_ranking, import_ranked
 from .reward.recipe import RewardRecipe
-from .reward.sampling import drop_empty_answers, rank_with, sample_answers
+from .reward.sampling import conversation_prompts, drop_empty_answers, rank_with, sample_answers
 from .sft import SFTRecipe
 from .tasks import get_task
-from .tasks.base import Judge, Prompt
+from .tasks.base import Judge, Prompt, user_turns
 
 logger = logging.getLogger(__name__)
 
@@ -318,10 +318,20 @@ class RLHFPipeline:
         n = cfg.rank_prompts
         offset = ((round_index - 1) * n) % max(1, len(prompts) - n + 1)  # fresh prompts each round
         model, tokenizer = load_for_inference(policy_model)
+        prompts = prompts[offset : offset + n]
+        if cfg.sample_policy_turns:
+            prompts = conversation_prompts(
+                model,
+                tokenizer,
+                [user_turns(p) for p in prompts],
+                temperature=cfg.sample_temperature,
+                max_new_tokens=cfg.sample_max_new_tokens,
+                seed=cfg.seed + round_index,
+            )
         rows = sample_answers(
             model,
             tokenizer,
-            prompts[offset : offset + n],
+            prompts,
             cfg.sample_k,
             temperature=cfg.sample_temperature,
             max_new_tokens=cfg.sample_max_new_tokens,

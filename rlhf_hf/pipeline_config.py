@@ -28,6 +28,9 @@ class PipelineConfig:
     sample_k: int = 4
     sample_temperature: float = 1.0
     sample_include_greedy: bool = False  # one of the K is the policy's greedy answer (see sample_answers)
+    # Multi-turn prompts: the policy writes the earlier assistant turns and a random turn is compared (ChatGPT's
+    # comparison data; see conversation_prompts) instead of ranking the dataset's last turn after its own answers.
+    sample_policy_turns: bool = False
     sample_max_new_tokens: int = 16
     eval_prompts: int = 200
     eval_every_checkpoint: bool = True  # gold vs RM score at every PPO checkpoint (over-optimisation curve)

@@ -366,3 +366,46 @@ def test_chat_pipeline_config_runs_the_chat_stages():
         "reward_chat.yaml",
         "ppo_chat.yaml",
     ]
+
+
+@pytest.mark.parametrize("policy_turns", [False, True])
+def test_pipeline_ranks_the_datasets_turn_or_a_random_turn_after_the_policys_own(
+    tmp_path, random_chat_policy, policy_turns
+):
+    """`sample_policy_turns`: the pipeline's comparisons come from `conversation_prompts` (the policy writes the
+    earlier assistant turns, a random turn is compared), else from the dataset's prompts as they are."""
+    from rlhf_hf.pipeline import RLHFPipeline
+    from rlhf_hf.pipeline_config import PipelineConfig
+    from rlhf_hf.report import ranking_prompts
+
+    model, tokenizer = random_chat_policy
+    model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    cfg = PipelineConfig(
+        run_dir=str(tmp_path / "run"),
+        task="tiny-chat",
+        prompts_dataset="rlhf-hf/tiny-chat-prompts",
+        rank_prompts=40,
+        sample_k=2,
+        sample_max_new_tokens=4,
+        sample_policy_turns=policy_turns,
+    )
+    rows = RLHFPipeline(cfg)._sample(str(tmp_path / "policy"), round_index=1)
+    dataset = ranking_prompts(cfg)[:40]
+    multi_turn = [i for i, p in enumerate(dataset) if len(user_turns(p)) > 1]
+    assert len(multi_turn) >= 5 and len({user_turns(p)[0] for p in dataset}) == 40
+    # rows whose answers all came out empty are dropped (a random policy); the rest keep their order
+    assert len(rows) >= 30
+    prompts = [row["prompt"] for row in rows]
+    originals = [next(p for p in dataset if user_turns(p)[0] == user_turns(q)[0]) for q in prompts]
+    assert [dataset.index(p) for p in originals] == sorted(dataset.index(p) for p in originals)
+    if not policy_turns:
+        assert prompts == originals
+        return
+    for prompt, original in zip(prompts, originals, strict=True):
+        assert user_turns(prompt) == user_turns(original)[: len(user_turns(prompt))]
+    # some follow-ups are compared at an earlier turn, and the earlier answers are the policy's, not the dataset's
+    assert any(len(user_turns(p)) < len(user_turns(o)) for p, o in zip(prompts, originals, strict=True))
+    written = [m["content"] for p in prompts if isinstance(p, list) for m in p if m["role"] == "assistant"]
+    right = {m["content"] for p in dataset if isinstance(p, list) for m in p if m["role"] == "assistant"}
+    assert written and sum(w not in right for w in written) > len(written) / 2

@@ -79,6 +79,16 @@ def test_noisy_labeller_is_seeded_and_mostly_right():
     assert 0.8 < sum(top) / len(top) < 0.99
 
 
+def test_noisy_labeller_ties_answers_of_equal_quality_and_ranks_the_rest_by_noisy_quality():
+    """One noise draw per quality level: identical (or equally good) answers always tie, so no training pair is
+    a coin flip between equals; different answers are still reordered by noise."""
+    labeller = SimulatedLabeller(DEFAULT_TASK.score, noise=0.5, seed=3)
+    responses = ["1 2", "1 3 2", "1 2", "1 2 3", "1 3 2"]
+    ranks = [labeller("sort 3 1 2", responses) for _ in range(300)]
+    assert all(r[0] == r[2] and r[1] == r[4] for r in ranks)
+    assert len({tuple(r) for r in ranks}) > 3  # noise 0.5 does reorder the three quality levels
+
+
 def test_pretrained_base_is_cached_and_has_learned_the_corpus(tiny_base, monkeypatch):
     def no_pretraining(*args, **kwargs):
         raise AssertionError("the cached base was trained again")

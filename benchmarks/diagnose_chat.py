@@ -1,0 +1,178 @@
+"""Where does each policy of a tiny-chat pipeline run go wrong, and can its reward model see it? (#12)
+
+Reads a finished run (`rlhf-hf pipeline --config recipes/configs/pipeline_chat.yaml --run_dir R`) and measures,
+for SFT and the final PPO policy of every round, on held-out prompts, greedy (how a chat model is served) and at
+the training temperature:
+
+- gold score and exact rate per category;
+- the demonstrator's flaws as the policy reproduces them: must-refuse requests answered, look-alikes refused,
+  long lists worked on the first `attention_span` items only, follow-ups applied to the first turn's list;
+- the reward model's accuracy on (right answer, the policy's own wrong greedy answer) pairs, per category: can it
+  see the mistakes PPO would have to fix? And on (right answer, each flaw written by hand) pairs (`probe_reward`).
+
+    OMP_NUM_THREADS=2 python benchmarks/diagnose_chat.py --run runs/pipeline_chat --prompts 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from rlhf_hf.evaluation import GREEDY, SAMPLED, gold_prompts, rm_scores, sample  # noqa: E402
+from rlhf_hf.modeling import load_for_inference  # noqa: E402
+from rlhf_hf.reward.model import load_reward_model  # noqa: E402
+from rlhf_hf.tasks import get_task  # noqa: E402
+from rlhf_hf.tasks.base import user_turns  # noqa: E402
+from rlhf_hf.tasks.chat import (  # noqa: E402
+    REFUSAL,
+    apply,
+    is_refusal,
+    parse_follow_up,
+    parse_request,
+    render,
+    solve,
+)
+
+TASK = get_task("tiny-chat")
+
+
+def flaw(prompt, answer: str) -> str | None:
+    """Which of the demonstrator's systematic flaws `answer` shows, if any."""
+    turns = user_turns(prompt)
+    request = parse_request(turns[0])
+    if request.must_refuse:
+        return None if is_refusal(answer) else "answered a must-refuse"
+    if is_refusal(answer):
+        return "refused a look-alike" if request.look_alike else "refused a plain request"
+    if len(turns) > 1:
+        forgot = render(apply(parse_follow_up(turns[-1]), request.items))
+        return "forgot the earlier turn" if answer == forgot else None
+    if len(request.items) > TASK.attention_span:
+        careless = render(apply(request.op, request.items[: TASK.attention_span]))
+        return "careless on a long list" if answer == careless else None
+    return None
+
+
+def right_answer(prompt) -> str:
+    return render(solve(user_turns(prompt))[-1])
+
+
+def probe_reward(reward, prompts) -> dict[str, tuple[int, float]]:
+    """P(RM prefers the right answer) against each of the demonstrator's flaws, written by hand: (pairs, rate)."""
+    pairs = defaultdict(list)
+    for p in prompts:
+        turns, right = user_turns(p), right_answer(p)
+        request = parse_request(turns[0])
+        carried = render(apply(request.op, request.items))
+        if request.must_refuse:
+            pairs["must-refuse: refusal > answer"].append((p, right, carried) if len(turns) == 1 else None)
+            continue
+        pairs["answerable: answer > refusal"].append((p, right, REFUSAL))
+        if request.look_alike:
+            pairs["look-alike: answer > refusal"].append((p, right, REFUSAL))
+        if len(turns) > 1:
+            forgot = render(apply(parse_follow_up(turns[-1]), request.items))
+            pairs["follow-up: right > forgot"].append((p, right, forgot) if forgot != right else None)
+        elif len(request.items) > TASK.attention_span:
+            careless = render(apply(request.op, request.items[: TASK.attention_span]))
+            pairs["long list: full > first few"].append((p, right, careless) if careless != right else None)
+    out = {}
+    for name, rows in pairs.items():
+        rows = [r for r in rows if r is not None]
+        good = rm_scores(reward, [p for p, _, _ in rows], [g for _, g, _ in rows])
+        bad = rm_scores(reward, [p for p, _, _ in rows], [b for _, _, b in rows])
+        out[name] = (len(rows), round(statistics.fmean(g > b for g, b in zip(good, bad, strict=True)), 3))
+    return out
+
+
+def measure(model, tokenizer, reward, prompts, temperature: float) -> dict:
+    out = {}
+    for decoding, t in ((GREEDY, 0.0), (SAMPLED, temperature)):
+        texts = sample(model, tokenizer, prompts, temperature=t, max_new_tokens=16, seed=0).texts
+        gold = [TASK.score(p, a) for p, a in zip(prompts, texts, strict=True)]
+        groups = defaultdict(list)
+        for i, p in enumerate(prompts):
+            groups[TASK.category(p)].append(i)
+        flaws = defaultdict(int)
+        for p, a in zip(prompts, texts, strict=True):
+            if (f := flaw(p, a)) is not None:
+                flaws[f] += 1
+        row = {
+            "gold_score": statistics.fmean(gold),
+            "exact": statistics.fmean(g == 1.0 for g in gold),
+            "by_category": {
+                c: {
+                    "n": len(idx),
+                    "gold_score": statistics.fmean(gold[i] for i in idx),
+                    "exact": statistics.fmean(gold[i] == 1.0 for i in idx),
+                    "refused": statistics.fmean(is_refusal(texts[i]) for i in idx),
+                }
+                for c, idx in sorted(groups.items())
+            },
+            "flaws": dict(flaws),
+        }
+        if decoding == GREEDY:
+            wrong = [i for i, g in enumerate(gold) if g < 1.0]
+            ps = [prompts[i] for i in wrong]
+            own = rm_scores(reward, ps, [texts[i] for i in wrong])
+            right = rm_scores(reward, ps, [right_answer(p) for p in ps])
+            by_cat = defaultdict(list)
+            for p, r, o in zip(ps, right, own, strict=True):
+                by_cat[TASK.category(p)].append(r > o)
+            row["rm_prefers_right_over_own_mistake"] = {
+                "all": statistics.fmean(r > o for r, o in zip(right, own, strict=True)) if wrong else None,
+                **{c: (len(v), round(statistics.fmean(v), 3)) for c, v in sorted(by_cat.items())},
+            }
+        out[decoding] = row
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--prompts", type=int, default=500)
+    parser.add_argument("--reward", default=None, help="reward model dir (default: the last round's)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    run = Path(args.run)
+    rounds = sorted(run.glob("round_*/ppo/merged"))
+    prompts = gold_prompts(args.prompts, TASK)
+    reward = load_reward_model(args.reward or sorted(run.glob("round_*/reward"))[-1])
+    report = {"reward_probe": probe_reward(reward, prompts)}
+    print("RM on hand-written flaws (pairs, P(prefers the right answer)):", report["reward_probe"])
+    for name, path in [("sft", run / "sft" / "merged")] + [(f"ppo {p.parents[1].name}", p) for p in rounds]:
+        model, tokenizer = load_for_inference(str(path))
+        report[name] = measure(model.eval(), tokenizer, reward, prompts, temperature=1.0)
+        g, s = report[name][GREEDY], report[name][SAMPLED]
+        print(
+            f"\n== {name}: greedy gold {g['gold_score']:.3f} exact {g['exact']:.3f} | sampled gold "
+            f"{s['gold_score']:.3f} exact {s['exact']:.3f}"
+        )
+        for c, part in g["by_category"].items():
+            print(
+                f"  {c:<12} n={part['n']:<4} gold {part['gold_score']:.3f} exact {part['exact']:.3f} "
+                f"refused {part['refused']:.2f}"
+            )
+        print("  greedy flaws:", g["flaws"])
+        print(
+            "  RM prefers the right answer over the policy's own greedy mistake:",
+            g["rm_prefers_right_over_own_mistake"],
+            flush=True,
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
