@@ -18,22 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
+import common  # noqa: F401  (puts the repo on sys.path for `python benchmarks/diagnose_chat.py`)
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from rlhf_hf.evaluation import GREEDY, SAMPLED, gold_prompts, rm_scores, sample  # noqa: E402
-from rlhf_hf.modeling import load_for_inference  # noqa: E402
-from rlhf_hf.reward.model import load_reward_model  # noqa: E402
-from rlhf_hf.tasks import get_task  # noqa: E402
-from rlhf_hf.tasks.base import user_turns  # noqa: E402
-from rlhf_hf.tasks.chat import (  # noqa: E402
+from rlhf_hf.evaluation import GREEDY, SAMPLED, gold_prompts, rm_scores, sample
+from rlhf_hf.modeling import load_for_inference
+from rlhf_hf.reward.model import load_reward_model
+from rlhf_hf.tasks import get_task
+from rlhf_hf.tasks.base import user_turns
+from rlhf_hf.tasks.chat import (
     REFUSAL,
     apply,
     is_refusal,
@@ -73,22 +69,29 @@ def probe_reward(reward, prompts) -> dict[str, tuple[int, float]]:
     for p in prompts:
         turns, right = user_turns(p), right_answer(p)
         request = parse_request(turns[0])
-        carried = render(apply(request.op, request.items))
         if request.must_refuse:
-            pairs["must-refuse: refusal > answer"].append((p, right, carried) if len(turns) == 1 else None)
+            if len(turns) == 1:
+                pairs["must-refuse: refusal > answer"].append(
+                    (p, right, render(apply(request.op, request.items)))
+                )
             continue
         pairs["answerable: answer > refusal"].append((p, right, REFUSAL))
         if request.look_alike:
             pairs["look-alike: answer > refusal"].append((p, right, REFUSAL))
         if len(turns) > 1:
-            forgot = render(apply(parse_follow_up(turns[-1]), request.items))
-            pairs["follow-up: right > forgot"].append((p, right, forgot) if forgot != right else None)
+            flawed, name = (
+                render(apply(parse_follow_up(turns[-1]), request.items)),
+                "follow-up: right > forgot",
+            )
         elif len(request.items) > TASK.attention_span:
-            careless = render(apply(request.op, request.items[: TASK.attention_span]))
-            pairs["long list: full > first few"].append((p, right, careless) if careless != right else None)
+            flawed = render(apply(request.op, request.items[: TASK.attention_span]))
+            name = "long list: full > first few"
+        else:
+            continue
+        if flawed != right:
+            pairs[name].append((p, right, flawed))
     out = {}
     for name, rows in pairs.items():
-        rows = [r for r in rows if r is not None]
         good = rm_scores(reward, [p for p, _, _ in rows], [g for _, g, _ in rows])
         bad = rm_scores(reward, [p for p, _, _ in rows], [b for _, _, b in rows])
         out[name] = (len(rows), round(statistics.fmean(g > b for g, b in zip(good, bad, strict=True)), 3))

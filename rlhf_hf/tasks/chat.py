@@ -167,7 +167,9 @@ class ChatTask(Task):
 
     name: str = "tiny-chat"
     min_items: int = 3
-    max_items: int = 7  # 9 measured: the tiny base cannot reverse or dedupe 7-9 items (0.0 greedy)
+    max_items: int = (
+        7  # with 9, the tiny base reversed / deduped no list longer than 6 (benchmarks/DIAGNOSIS.md)
+    )
     # The demonstrator's systematic flaws (see the module docstring) and its random slips.
     attention_span: int = 5
     long_error_rate: float = 0.7
