@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--prompts", type=int, default=500)
     parser.add_argument("--reward", default=None, help="reward model dir (default: the last round's)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="PPO's training temperature")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -156,16 +157,20 @@ def main() -> None:
     print("RM on hand-written flaws (pairs, P(prefers the right answer)):", report["reward_probe"])
     for name, path in [("sft", run / "sft" / "merged")] + [(f"ppo {p.parents[1].name}", p) for p in rounds]:
         model, tokenizer = load_for_inference(str(path))
-        report[name] = measure(model.eval(), tokenizer, reward, prompts, temperature=1.0)
+        report[name] = measure(model.eval(), tokenizer, reward, prompts, temperature=args.temperature)
         g, s = report[name][GREEDY], report[name][SAMPLED]
         print(
-            f"\n== {name}: greedy gold {g['gold_score']:.3f} exact {g['exact']:.3f} | sampled gold "
+            f"\n== {name}: greedy gold {g['gold_score']:.3f} exact {g['exact']:.3f} | T={args.temperature:g} gold "
             f"{s['gold_score']:.3f} exact {s['exact']:.3f}"
         )
+        print(
+            f"  {'category':<12} {'n':<4} greedy: gold exact refused | T={args.temperature:g}: gold exact refused"
+        )
         for c, part in g["by_category"].items():
+            t = s["by_category"][c]
             print(
-                f"  {c:<12} n={part['n']:<4} gold {part['gold_score']:.3f} exact {part['exact']:.3f} "
-                f"refused {part['refused']:.2f}"
+                f"  {c:<12} {part['n']:<4} {part['gold_score']:.3f} {part['exact']:.3f} {part['refused']:.2f} | "
+                f"{t['gold_score']:.3f} {t['exact']:.3f} {t['refused']:.2f}"
             )
         print("  greedy flaws:", g["flaws"])
         print(

@@ -124,12 +124,23 @@ class RLHFPipeline:
     def _ppo_recipe(
         self, ppo_dir: Path, sft_model: str, rm_dir: Path, prompts: str, policy_adapter: str | None = None
     ) -> Recipe:
-        """PPO against `rm_dir` with the SFT model as reference, continuing `policy_adapter` (the last round's)."""
+        """PPO against `rm_dir` with the SFT model as reference, continuing `policy_adapter` (the last round's).
+
+        PPO samples at the run's `sample_temperature`: one training temperature for the comparisons the reward
+        model learns from, the answers PPO optimises and the report's sampled column."""
+        temperature = self.config.sample_temperature
+        if self.config.ppo.get("temperature", temperature) != temperature:
+            raise ValueError(
+                f"{self.config.config_file or 'pipeline config'}: ppo.temperature = {self.config.ppo['temperature']} "
+                f"differs from sample_temperature = {temperature}; a run has one training temperature (comparisons, "
+                "PPO, report): set sample_temperature only"
+            )
         fixed = {
             "model_name_or_path": sft_model,
             "reward_model_path": str(rm_dir),
             "output_dir": str(ppo_dir),
             "dataset_name": prompts,
+            "temperature": temperature,
         }
         if policy_adapter:
             fixed["init_policy_adapter"] = policy_adapter

@@ -26,7 +26,7 @@ class PipelineConfig:
     prompts_dataset: str = "rlhf-hf/tiny-sort-prompts"
     rank_prompts: int = 600  # prompts per round whose K sampled answers get ranked
     sample_k: int = 4
-    sample_temperature: float = 1.0
+    sample_temperature: float = 1.0  # the training temperature: comparisons, PPO's samples, the report
     sample_include_greedy: bool = False  # one of the K is the policy's greedy answer (see sample_answers)
     # Multi-turn prompts: the policy writes the earlier assistant turns and a random turn is compared (ChatGPT's
     # comparison data; see conversation_prompts) instead of ranking the dataset's last turn after its own answers.

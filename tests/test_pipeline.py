@@ -220,3 +220,16 @@ def test_reward_dataset_format_without_a_dataset_is_refused(tmp_path):
     config.reward["dataset_format"] = "ultrafeedback"
     with pytest.raises(ValueError, match="reward.dataset_format describes reward.dataset_name"):
         RLHFPipeline(config)
+
+
+def test_ppo_samples_at_the_runs_one_training_temperature(tmp_path):
+    """The comparisons, PPO's samples and the report's sampled column share `sample_temperature`: PPO gets it
+    over its stage YAML's (ppo_tiny.yaml says 1.0), and a different ppo.temperature is an error before any stage."""
+    pipeline = RLHFPipeline(_config(tmp_path, sample_temperature=0.7))
+    recipe = pipeline._ppo_recipe(tmp_path / "ppo", "sft", tmp_path / "rm", "rlhf-hf/tiny-sort-prompts")
+    assert recipe.config.temperature == 0.7
+    config = _config(tmp_path, sample_temperature=0.7)
+    config.ppo["temperature"] = 1.0
+    with pytest.raises(ValueError, match=r"pipeline.yaml: ppo.temperature = 1.0 differs from sample_temperature"):
+        RLHFPipeline(config).run()
+    assert not (tmp_path / "run").exists()
