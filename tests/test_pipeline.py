@@ -230,6 +230,8 @@ def test_ppo_samples_at_the_runs_one_training_temperature(tmp_path):
     assert recipe.config.temperature == 0.7
     config = _config(tmp_path, sample_temperature=0.7)
     config.ppo["temperature"] = 1.0
-    with pytest.raises(ValueError, match=r"pipeline.yaml: ppo.temperature = 1.0 differs from sample_temperature"):
+    with pytest.raises(
+        ValueError, match=r"pipeline.yaml: ppo.temperature = 1.0 differs from sample_temperature"
+    ):
         RLHFPipeline(config).run()
     assert not (tmp_path / "run").exists()
