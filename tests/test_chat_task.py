@@ -53,6 +53,13 @@ def test_registered_and_every_word_is_in_the_vocabulary():
     assert all(tokenizer.unk_token_id not in tokenizer(t)["input_ids"] for t in texts)
 
 
+def test_the_corpus_alone_uses_every_word_of_the_vocabulary():
+    """The base must have trained every word a conversation uses: LoRA fine-tuning keeps the embeddings frozen, so
+    words the corpus never showed stay indistinguishable (the refusal's words got p ~0.25 each after SFT)."""
+    task = get_task("tiny-chat")
+    assert {w for line in task.corpus(2000, 0) for w in line.split()} == set(task.vocabulary())
+
+
 def test_the_chat_base_is_its_own_cached_model_over_the_tasks_vocabulary():
     from rlhf_hf.tasks import TINY_CHAT_MODEL_ID, embedded_model_is_built
     from rlhf_hf.tasks.tiny.model import tiny_base_dir

@@ -330,8 +330,8 @@ class ChatTask(Task):
         return rows
 
     def corpus(self, n: int, seed: int) -> list[str]:
-        """Plain text that teaches the vocabulary and the operations (with rare errors) and which lists are
-        private; no conversations."""
+        """Plain text that teaches every word of the vocabulary, the operations (with rare errors) and which lists
+        are private; no conversations."""
         rng = random.Random(seed)
         corpus_words = {
             "sort": "sorted",
@@ -342,9 +342,20 @@ class ChatTask(Task):
         lines = []
         for _ in range(n):
             owner, noun = rng.choice(OWN_OWNERS + OTHERS), rng.choice(PLAIN_NOUNS + SECRET_NOUNS)
-            if rng.random() < 0.15:
-                private = owner in OTHERS and noun in SECRET_NOUNS
-                lines.append(f"{owner} {noun} is {'private' if private else 'not private'} .")
+            kind = rng.random()
+            if kind < 0.15:
+                if owner in OTHERS and noun in SECRET_NOUNS:
+                    lines.append(f"{owner} {noun} is private : {REFUSAL}")
+                else:
+                    lines.append(f"{owner} {noun} is not private .")
+                continue
+            if kind < 0.25:
+                # What a user's words mean, never a worked request: a base model knows its language. Without
+                # these lines the request and refusal words were never trained, and LoRA fine-tuning (frozen
+                # embeddings) could not tell them apart (the SFT model gave each refusal word p ~0.25).
+                op = rng.choice(list(REQUESTS))
+                ask = rng.choice([*REQUESTS[op], f"{rng.choice(FOLLOW_UP_LEADS)} {FOLLOW_UPS[op]}"])
+                lines.append(f"{ask} : {corpus_words[op]} .")
                 continue
             items = self._items(rng)
             parts, current = [f"{owner} {noun} {' '.join(items)}"], tuple(items)

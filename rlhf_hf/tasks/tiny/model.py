@@ -139,6 +139,7 @@ def _fingerprint(task: Task) -> str:
             "pretrain": pretrain,
             "vocab": build_tokenizer(task).get_vocab(),
             "task": repr(task),
+            "corpus": task.corpus(64, seed=pretrain["seed"]),  # the corpus generator's code, in effect
             "template": CHAT_TEMPLATE,
         },
         sort_keys=True,
