@@ -110,3 +110,16 @@ def test_pretrained_base_is_cached_and_has_learned_the_corpus(tiny_base, monkeyp
         for h, a in zip(heads, answers, strict=True)
     ]
     assert sum(exact) / len(exact) >= 0.9
+
+
+def test_the_cached_base_moves_when_its_corpus_generator_changes(monkeypatch):
+    """A changed corpus means other pretrained weights: the cache dir must change with it, not serve the stale base."""
+    from rlhf_hf.tasks.tiny.model import tiny_base_dir
+
+    before = tiny_base_dir(DEFAULT_TASK)
+    assert tiny_base_dir(DEFAULT_TASK) == before  # a pure function of the settings
+    original = SortTask.corpus
+    monkeypatch.setattr(
+        SortTask, "corpus", lambda self, n, seed: [line + " ." for line in original(self, n, seed)]
+    )
+    assert tiny_base_dir(DEFAULT_TASK) != before
