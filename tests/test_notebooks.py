@@ -6,6 +6,7 @@ import json
 import math
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 from paths import ROOT
 
@@ -30,6 +31,7 @@ def _last_json(nb: nbformat.NotebookNode) -> dict:
     raise AssertionError("the notebook printed no results")
 
 
+@pytest.mark.slow  # the whole recipe with 40 PPO updates: ~a third of the default suite's time on 2 cores
 def test_walkthrough_notebook_runs_and_rlhf_improves_the_gold_score(tmp_path, tiny_base):
     nb = _execute(
         "01_rlhf_walkthrough.ipynb", f'RUN_DIR = "{tmp_path}"\nSEED = 0\nPPO_UPDATES = 40', tmp_path
