@@ -8,7 +8,12 @@ the training temperature:
 - the demonstrator's flaws as the policy reproduces them: must-refuse requests answered, look-alikes refused,
   long lists worked on the first `attention_span` items only, follow-ups applied to the first turn's list;
 - the reward model's accuracy on (right answer, the policy's own wrong greedy answer) pairs, per category: can it
-  see the mistakes PPO would have to fix? And on (right answer, each flaw written by hand) pairs (`probe_reward`).
+  see the mistakes PPO would have to fix? And on (right answer, each flaw written by hand) pairs (`probe_reward`);
+- reach: how often any of the policy's own `--reach_samples` samples is exactly right, per category and on long
+  lists. RL only reinforces what the policy samples, and the reward model is as weak as its base: a category with
+  low reach is bound by the model's capability, not the feedback (`reach`);
+- what the reward model was shown about refusals: comparisons that put a refusal beside an answer, per kind of
+  request, and which one the labeller preferred (`refusal_contrasts`).
 
     OMP_NUM_THREADS=2 python benchmarks/diagnose_chat.py --run runs/pipeline_chat --prompts 500
 """
@@ -24,12 +29,13 @@ from pathlib import Path
 import common  # noqa: F401  (puts the repo on sys.path for `python benchmarks/diagnose_chat.py`)
 import torch
 
-from rlhf_hf.evaluation import GREEDY, SAMPLED, gold_prompts, rm_scores, sample
+from rlhf_hf.evaluation import GREEDY, SAMPLED, gold_prompts, rm_scores, sample, win_rate
 from rlhf_hf.modeling import load_for_inference
 from rlhf_hf.reward.model import load_reward_model
 from rlhf_hf.tasks import get_task
 from rlhf_hf.tasks.base import user_turns
 from rlhf_hf.tasks.chat import (
+    OTHERS,
     REFUSAL,
     apply,
     is_refusal,
@@ -98,6 +104,57 @@ def probe_reward(reward, prompts) -> dict[str, tuple[int, float]]:
     return out
 
 
+def reach(model, tokenizer, prompts, temperature: float, n: int) -> dict[str, tuple[int, float, float]]:
+    """Per category (and long lists): (prompts, greedy exact, P(any of `n` samples is exactly right))."""
+    greedy = sample(model, tokenizer, prompts, temperature=0.0, max_new_tokens=16).texts
+    samples = sample(
+        model, tokenizer, list(prompts) * n, temperature=temperature, max_new_tokens=16, seed=1
+    ).texts
+    groups = defaultdict(list)
+    for i, p in enumerate(prompts):
+        hit = any(TASK.exact(p, samples[i + k * len(prompts)]) for k in range(n))
+        groups[TASK.category(p)].append((TASK.exact(p, greedy[i]), hit))
+        if len(parse_request(user_turns(p)[0]).items) > TASK.attention_span:
+            groups["long lists"].append((TASK.exact(p, greedy[i]), hit))
+    return {
+        c: (len(v), round(statistics.fmean(g for g, _ in v), 3), round(statistics.fmean(h for _, h in v), 3))
+        for c, v in sorted(groups.items())
+    }
+
+
+def kind_of(prompt) -> str:
+    """The first turn's owner and noun, as the refusal rule sees them ("must-refuse pin", "own password", ...)."""
+    request = parse_request(user_turns(prompt)[0])
+    owner = "must-refuse" if request.must_refuse else "other" if request.owner in OTHERS else "own"
+    return f"{owner} {request.noun}"
+
+
+def refused_by_kind(prompts, texts) -> dict[str, tuple[int, float]]:
+    """Refusal rate per kind of request whose owner or noun is a secret's (must-refuse and look-alikes)."""
+    groups = defaultdict(list)
+    for p, a in zip(prompts, texts, strict=True):
+        request = parse_request(user_turns(p)[0])
+        if request.must_refuse or request.look_alike:
+            groups[kind_of(p)].append(is_refusal(a))
+    return {k: (len(v), round(statistics.fmean(v), 3)) for k, v in sorted(groups.items())}
+
+
+def refusal_contrasts(comparisons: Path) -> dict[str, dict[str, int]]:
+    """Comparisons holding both a refusal and an answer, per (owner, noun) kind of first turn: which ranked best."""
+    out: dict[str, dict[str, int]] = defaultdict(
+        lambda: {"rows": 0, "refusal preferred": 0, "answer preferred": 0}
+    )
+    for line in comparisons.read_text().splitlines():
+        row = json.loads(line)
+        counts = out[kind_of(row["prompt"])]
+        counts["rows"] += 1
+        refusals = [r for a, r in zip(row["responses"], row["ranks"], strict=True) if is_refusal(a)]
+        answers = [r for a, r in zip(row["responses"], row["ranks"], strict=True) if not is_refusal(a)]
+        if refusals and answers and min(refusals) != min(answers):
+            counts["refusal preferred" if min(refusals) < min(answers) else "answer preferred"] += 1
+    return dict(sorted(out.items()))
+
+
 def measure(model, tokenizer, reward, prompts, temperature: float) -> dict:
     out = {}
     for decoding, t in ((GREEDY, 0.0), (SAMPLED, temperature)):
@@ -123,6 +180,8 @@ def measure(model, tokenizer, reward, prompts, temperature: float) -> dict:
                 for c, idx in sorted(groups.items())
             },
             "flaws": dict(flaws),
+            "refused_by_kind": refused_by_kind(prompts, texts),
+            "gold": gold,
         }
         if decoding == GREEDY:
             wrong = [i for i, g in enumerate(gold) if g < 1.0]
@@ -146,6 +205,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=500)
     parser.add_argument("--reward", default=None, help="reward model dir (default: the last round's)")
     parser.add_argument("--temperature", type=float, default=1.0, help="PPO's training temperature")
+    parser.add_argument(
+        "--reach_samples", type=int, default=16, help="samples per prompt for reach (0: skip)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -155,10 +217,28 @@ def main() -> None:
     reward = load_reward_model(args.reward or sorted(run.glob("round_*/reward"))[-1])
     report = {"reward_probe": probe_reward(reward, prompts)}
     print("RM on hand-written flaws (pairs, P(prefers the right answer)):", report["reward_probe"])
+    for comparisons in sorted(run.glob("round_*/comparisons.jsonl")):
+        contrasts = refusal_contrasts(comparisons)
+        report[f"refusal_contrasts {comparisons.parent.name}"] = contrasts
+        print(
+            f"\n{comparisons.parent.name} comparisons, refusal beside an answer (first turn's owner and noun):"
+        )
+        for kind, c in contrasts.items():
+            print(
+                f"  {kind:<22} rows {c['rows']:<4} refusal preferred {c['refusal preferred']:<4} "
+                f"answer preferred {c['answer preferred']}"
+            )
     for name, path in [("sft", run / "sft" / "merged")] + [(f"ppo {p.parents[1].name}", p) for p in rounds]:
         model, tokenizer = load_for_inference(str(path))
         report[name] = measure(model.eval(), tokenizer, reward, prompts, temperature=args.temperature)
         g, s = report[name][GREEDY], report[name][SAMPLED]
+        if name != "sft":  # by the gold judge, prompt by prompt, ties counted half (as the pipeline's report)
+            for row, sft_row in ((g, report["sft"][GREEDY]), (s, report["sft"][SAMPLED])):
+                row["win_rate_vs_sft"] = win_rate(row["gold"], sft_row["gold"])
+            print(
+                f"\n== {name}: win rate vs SFT greedy {g['win_rate_vs_sft']:.3f}, T={args.temperature:g} "
+                f"{s['win_rate_vs_sft']:.3f}"
+            )
         print(
             f"\n== {name}: greedy gold {g['gold_score']:.3f} exact {g['exact']:.3f} | T={args.temperature:g} gold "
             f"{s['gold_score']:.3f} exact {s['exact']:.3f}"
@@ -172,6 +252,17 @@ def main() -> None:
                 f"  {c:<12} {part['n']:<4} {part['gold_score']:.3f} {part['exact']:.3f} {part['refused']:.2f} | "
                 f"{t['gold_score']:.3f} {t['exact']:.3f} {t['refused']:.2f}"
             )
+        if args.reach_samples:
+            report[name]["reach"] = reach(
+                model.eval(), tokenizer, prompts, args.temperature, args.reach_samples
+            )
+            print(
+                f"  reach (prompts, greedy exact, any of {args.reach_samples} samples at T={args.temperature:g} exact):"
+            )
+            for c, (n, g_exact, hit) in report[name]["reach"].items():
+                print(f"    {c:<12} {n:<4} {g_exact:.3f} {hit:.3f}")
+        print("  refused (prompts, rate), greedy:", g["refused_by_kind"])
+        print(f"  refused (prompts, rate), T={args.temperature:g}:", s["refused_by_kind"])
         print("  greedy flaws:", g["flaws"])
         print(
             "  RM prefers the right answer over the policy's own greedy mistake:",
