@@ -15,7 +15,7 @@ the training temperature:
 - what the reward model was shown about refusals: comparisons that put a refusal beside an answer, per kind of
   request, and which one the labeller preferred (`refusal_contrasts`).
 
-    OMP_NUM_THREADS=2 python benchmarks/diagnose_chat.py --run runs/pipeline_chat --prompts 500
+    OMP_NUM_THREADS=2 python benchmarks/diagnose_chat.py --run runs/pipeline_chat --prompts 500  # at the run's T
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import common  # noqa: F401  (puts the repo on sys.path for `python benchmarks/diagnose_chat.py`)
 import torch
+import yaml
 
 from rlhf_hf.evaluation import GREEDY, SAMPLED, gold_prompts, rm_scores, sample, win_rate
 from rlhf_hf.modeling import load_for_inference
@@ -204,7 +205,12 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--prompts", type=int, default=500)
     parser.add_argument("--reward", default=None, help="reward model dir (default: the last round's)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="PPO's training temperature")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="default: the run's training temperature (pipeline.yaml)",
+    )
     parser.add_argument(
         "--reach_samples", type=int, default=16, help="samples per prompt for reach (0: skip)"
     )
@@ -212,6 +218,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     run = Path(args.run)
+    if args.temperature is None:
+        args.temperature = float(yaml.safe_load((run / "pipeline.yaml").read_text())["sample_temperature"])
     rounds = sorted(run.glob("round_*/ppo/merged"))
     prompts = gold_prompts(args.prompts, TASK)
     reward = load_reward_model(args.reward or sorted(run.glob("round_*/reward"))[-1])
