@@ -10,8 +10,8 @@ the training temperature:
 - the reward model's accuracy on (right answer, the policy's own wrong greedy answer) pairs, per category: can it
   see the mistakes PPO would have to fix? And on (right answer, each flaw written by hand) pairs (`probe_reward`);
 - reach: how often any of the policy's own `--reach_samples` samples is exactly right, per category and on long
-  lists. RL only reinforces what the policy samples, and the reward model is as weak as its base: a category with
-  low reach is bound by the model's capability, not the feedback (`reach`);
+  lists. RL only reinforces what the policy samples: a category with low reach is bound by the model's
+  capability, whatever the reward model knows (`reach`);
 - what the reward model was shown about refusals: comparisons that put a refusal beside an answer, per kind of
   request, and which one the labeller preferred (`refusal_contrasts`).
 
@@ -105,18 +105,20 @@ def probe_reward(reward, prompts) -> dict[str, tuple[int, float]]:
     return out
 
 
-def reach(model, tokenizer, prompts, temperature: float, n: int) -> dict[str, tuple[int, float, float]]:
-    """Per category (and long lists): (prompts, greedy exact, P(any of `n` samples is exactly right))."""
-    greedy = sample(model, tokenizer, prompts, temperature=0.0, max_new_tokens=16).texts
+def reach(
+    model, tokenizer, prompts, greedy_gold: list[float], temperature: float, n: int
+) -> dict[str, tuple[int, float, float]]:
+    """Per category (and long lists): (prompts, greedy exact, P(any of `n` samples is exactly right));
+    `greedy_gold` is `measure`'s, so the greedy answers are not generated twice."""
     samples = sample(
         model, tokenizer, list(prompts) * n, temperature=temperature, max_new_tokens=16, seed=1
     ).texts
     groups = defaultdict(list)
     for i, p in enumerate(prompts):
         hit = any(TASK.exact(p, samples[i + k * len(prompts)]) for k in range(n))
-        groups[TASK.category(p)].append((TASK.exact(p, greedy[i]), hit))
+        groups[TASK.category(p)].append((greedy_gold[i] == 1.0, hit))
         if len(parse_request(user_turns(p)[0]).items) > TASK.attention_span:
-            groups["long lists"].append((TASK.exact(p, greedy[i]), hit))
+            groups["long lists"].append((greedy_gold[i] == 1.0, hit))
     return {
         c: (len(v), round(statistics.fmean(g for g, _ in v), 3), round(statistics.fmean(h for _, h in v), 3))
         for c, v in sorted(groups.items())
@@ -262,7 +264,7 @@ def main() -> None:
             )
         if args.reach_samples:
             report[name]["reach"] = reach(
-                model.eval(), tokenizer, prompts, args.temperature, args.reach_samples
+                model.eval(), tokenizer, prompts, g["gold"], args.temperature, args.reach_samples
             )
             print(
                 f"  reach (prompts, greedy exact, any of {args.reach_samples} samples at T={args.temperature:g} exact):"
