@@ -110,7 +110,7 @@ class RLHFPipeline:
     def _sft_recipe(self) -> Recipe:
         return self._stage(SFTRecipe, "sft", output_dir=str(self.run_dir / "sft"))
 
-    def _reward_recipe(self, rm_dir: Path, sft_model: str, data: dict[str, str]) -> Recipe:
+    def _reward_recipe(self, rm_dir: Path, sft_model: str, data: dict[str, Any]) -> Recipe:
         """Every round's reward model starts from SFT, on `data`: the comparisons so far, or the user's dataset."""
         return self._stage(
             RewardRecipe,
@@ -146,12 +146,17 @@ class RLHFPipeline:
             fixed["init_policy_adapter"] = policy_adapter
         return self._stage(PPORecipe, "ppo", **fixed)
 
-    def _reward_data(self, round_dir: Path) -> dict[str, str]:
+    def _reward_data(self, round_dir: Path) -> dict[str, Any]:
         """A preference dataset in the reward section (Hub id or file, with its `dataset_format`) replaces
-        sampling + ranking; else the round's ranked comparisons file."""
+        sampling + ranking; else the round's ranked comparisons file, all of it (a stage config's `max_prompts`
+        caps the prompts that stage would rank itself, not the comparisons every round adds up)."""
         if fixed := self.config.reward.get("dataset_name"):
             return {"dataset_name": fixed}
-        return {"dataset_name": str(round_dir / "reward_data.jsonl"), "dataset_format": "ranked"}
+        return {
+            "dataset_name": str(round_dir / "reward_data.jsonl"),
+            "dataset_format": "ranked",
+            "max_prompts": None,
+        }
 
     def validate(self) -> None:
         """Before the first stage runs: every stage's config parses (unknown keys and bad values name the pipeline

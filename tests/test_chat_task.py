@@ -123,6 +123,24 @@ def test_every_category_has_a_hand_case_and_categories_follow_the_mix():
         within_binomial([True] * counts[name] + [False] * (4000 - counts[name]), weight / total)
 
 
+def test_feedback_prompts_weight_refusals_up_and_hold_no_evaluation_prompt():
+    """The prompts the chat pipeline ranks and runs PPO on follow their own mix, not the task's; the judge's
+    held-out prompts (the task's mix) are never among them."""
+    from rlhf_hf.data import load_split
+    from rlhf_hf.evaluation import gold_prompts
+    from rlhf_hf.tasks import _CHAT_FEEDBACK_MIX
+
+    rows = load_split("rlhf-hf/tiny-chat-feedback-prompts", "train")["prompt"]
+    prompts = [p[0]["content"] if len(p) == 1 else p for p in rows]
+    counts = Counter(TASK.category(p) for p in prompts)
+    total = sum(w for _, w in _CHAT_FEEDBACK_MIX)
+    for name, weight in _CHAT_FEEDBACK_MIX:
+        within_binomial([True] * counts[name] + [False] * (len(prompts) - counts[name]), weight / total)
+    assert counts["refuse"] + counts["look-alike"] > 0.45 * len(prompts)  # the task's mix: 0.30
+    key = lambda p: repr(p)  # noqa: E731
+    assert not {key(p) for p in gold_prompts(500, TASK)} & {key(p) for p in prompts}
+
+
 def test_prompts_carry_the_right_earlier_answers_and_the_judge_reads_user_turns_only():
     for prompt in TASK.prompts(300, seed=4):
         if isinstance(prompt, str):
@@ -367,7 +385,7 @@ def test_chat_pipeline_config_runs_the_chat_stages():
     cfg = PipelineConfig.from_yaml(
         Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pipeline_chat.yaml"
     )
-    assert cfg.task == "tiny-chat" and cfg.prompts_dataset == "rlhf-hf/tiny-chat-prompts"
+    assert cfg.task == "tiny-chat" and cfg.prompts_dataset == "rlhf-hf/tiny-chat-feedback-prompts"
     assert [cfg.sft["config"], cfg.reward["config"], cfg.ppo["config"]] == [
         "sft_chat.yaml",
         "reward_chat.yaml",

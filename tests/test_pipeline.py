@@ -235,3 +235,20 @@ def test_ppo_samples_at_the_runs_one_training_temperature(tmp_path):
     ):
         RLHFPipeline(config).run()
     assert not (tmp_path / "run").exists()
+
+
+def test_every_comparison_so_far_trains_the_rm_whatever_the_stage_configs_max_prompts(tmp_path):
+    """`max_prompts` in a reward stage config caps the prompts that stage ranks when run alone; the pipeline's RM
+    trains on all the comparisons its rounds added up. A user's preference dataset keeps the cap."""
+    config = _config(tmp_path, rounds=2)
+    config.reward["max_prompts"] = 5
+    pipeline = RLHFPipeline(config)
+    round_dir = tmp_path / "run" / "round_2"
+    recipe = pipeline._reward_recipe(round_dir / "reward", "sft", pipeline._reward_data(round_dir))
+    assert recipe.config.max_prompts is None
+    assert recipe.config.dataset_name == str(round_dir / "reward_data.jsonl")
+    config.reward.update(
+        dataset_name=str(ROOT / "tests" / "fixtures" / "reward" / "shp.jsonl"), dataset_format="shp"
+    )
+    recipe = pipeline._reward_recipe(round_dir / "reward", "sft", pipeline._reward_data(round_dir))
+    assert recipe.config.max_prompts == 5

@@ -6,9 +6,10 @@ Besides tasks, a task package may ship embedded datasets (`rlhf-hf/tiny-sort-sft
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import Judge, Prompt, SimulatedLabeller, Task, last_user_turn, user_turns
 
@@ -39,11 +40,15 @@ def get_task(name: str | None) -> Task | None:
 # ---------------------------------------------------------------------------------------------- embedded data
 @dataclass(frozen=True)
 class EmbeddedDataset:
-    """A dataset generated from a task: `kind` is "demonstrations", "prompts" or "corpus"; split -> (rows, seed)."""
+    """A dataset generated from a task: `kind` is "demonstrations", "prompts" or "corpus"; split -> (rows, seed).
+
+    `options` re-parameterise the task for this dataset only (e.g. another category `mix`): a training set may
+    weight the cases feedback must fix more heavily than the distribution the judge evaluates on."""
 
     task: str
     kind: str
     splits: dict[str, tuple[int, int]]
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 _DATASETS: dict[str, EmbeddedDataset] = {}
@@ -65,6 +70,8 @@ def embedded_dataset(name: str, split: str) -> Dataset | None:
     if split not in spec.splits:
         return None
     task = get_task(spec.task)
+    if spec.options:
+        task = dataclasses.replace(task, **dict(spec.options))
     n, seed = spec.splits[split]
     if spec.kind == "demonstrations":
         return Dataset.from_list(task.demonstrations(n, seed))
@@ -135,18 +142,40 @@ register_task("tiny-sort", _tiny_sort)
 register_task("tiny-chat", _tiny_chat)
 register_model(TINY_MODEL_ID, _tiny_base_of("tiny-sort"))
 register_model(TINY_CHAT_MODEL_ID, _tiny_base_of("tiny-chat"))
-# name -> (task, generator, training rows, training seed); every test split is 200 rows drawn with seed + 1. Seeds
-# differ per dataset (+100 each), so a test split holds prompts never seen in training.
-_EMBEDDED_DATASETS = {
+# Refusal cases weighted up for ranking and PPO. The policy is wrong on them only in a narrow class (its own
+# password refused, another's pin answered: ~1 in 25 prompts of the task's mix), so at the task's own mix the reward
+# model saw few refusal contrasts and PPO's 2560 episodes held ~100 of those prompts: the look-alike refusal rate did
+# not move (0.18 -> 0.18). With this mix: 0.18 -> 0.05 (benchmarks/DIAGNOSIS.md, session 8).
+_CHAT_FEEDBACK_MIX = (
+    ("sort", 0.075),
+    ("reverse", 0.075),
+    ("count", 0.075),
+    ("dedup", 0.075),
+    ("follow-up", 0.2),
+    ("refuse", 0.2),
+    ("look-alike", 0.3),
+)
+# name -> (task, generator, training rows, training seed[, task options]); every test split is 200 rows drawn with
+# seed + 1. Seeds differ per dataset (+100 each), so a test split holds prompts never seen in training.
+_EMBEDDED_DATASETS: dict[str, tuple] = {
     "rlhf-hf/tiny-sort-sft": ("tiny-sort", "demonstrations", 2000, 1),
     "rlhf-hf/tiny-sort-prompts": ("tiny-sort", "prompts", 2000, 101),
     "rlhf-hf/tiny-sort-corpus": ("tiny-sort", "corpus", 5000, 201),
     "rlhf-hf/tiny-chat-sft": ("tiny-chat", "demonstrations", 4000, 301),
     "rlhf-hf/tiny-chat-prompts": ("tiny-chat", "prompts", 2000, 401),
     "rlhf-hf/tiny-chat-corpus": ("tiny-chat", "corpus", 5000, 501),
+    # The prompts the chat pipeline ranks and runs PPO on (evaluation keeps the task's own mix).
+    "rlhf-hf/tiny-chat-feedback-prompts": (
+        "tiny-chat",
+        "prompts",
+        12000,
+        601,
+        (("mix", _CHAT_FEEDBACK_MIX),),
+    ),
 }
-for _name, (_task, _kind, _n, _seed) in _EMBEDDED_DATASETS.items():
-    register_dataset(_name, EmbeddedDataset(_task, _kind, {"train": (_n, _seed), "test": (200, _seed + 1)}))
+for _name, (_task, _kind, _n, _seed, *_options) in _EMBEDDED_DATASETS.items():
+    _splits = {"train": (_n, _seed), "test": (200, _seed + 1)}
+    register_dataset(_name, EmbeddedDataset(_task, _kind, _splits, *_options))
 
 
 __all__ = [
