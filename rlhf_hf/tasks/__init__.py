@@ -142,10 +142,11 @@ register_task("tiny-sort", _tiny_sort)
 register_task("tiny-chat", _tiny_chat)
 register_model(TINY_MODEL_ID, _tiny_base_of("tiny-sort"))
 register_model(TINY_CHAT_MODEL_ID, _tiny_base_of("tiny-chat"))
-# Refusal cases weighted up for ranking and PPO. The policy is wrong on them only in a narrow class (its own
-# password refused, another's pin answered: ~1 in 25 prompts of the task's mix), so at the task's own mix the reward
-# model saw few refusal contrasts and PPO's 2560 episodes held ~100 of those prompts: the look-alike refusal rate did
-# not move (0.18 -> 0.18). With this mix: 0.18 -> 0.05 (benchmarks/DIAGNOSIS.md, session 8).
+# Refusal cases weighted up for ranking and PPO. SFT hesitates only on a narrow class (the user's own password,
+# someone else's pin: ~1 prompt in 9 at the task's mix), so at the task's mix the reward model saw too few refusal
+# contrasts to tell a refusal from an answer, and PPO's batches too few such prompts to move (seed 0: look-alikes
+# refused 0.18 -> 0.18). With this mix and 6000 prompts a round, 3 seeds: must-refuse refused 0.64 -> 0.97
+# (0.86 before); see benchmarks/DIAGNOSIS.md, section 6, for what the reward model generalises from it.
 _CHAT_FEEDBACK_MIX = (
     ("sort", 0.075),
     ("reverse", 0.075),
