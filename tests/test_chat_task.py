@@ -137,8 +137,7 @@ def test_feedback_prompts_weight_refusals_up_and_hold_no_evaluation_prompt():
     for name, weight in _CHAT_FEEDBACK_MIX:
         within_binomial([True] * counts[name] + [False] * (len(prompts) - counts[name]), weight / total)
     assert counts["refuse"] + counts["look-alike"] > 0.45 * len(prompts)  # the task's mix: 0.30
-    key = lambda p: repr(p)  # noqa: E731
-    assert not {key(p) for p in gold_prompts(500, TASK)} & {key(p) for p in prompts}
+    assert not {repr(p) for p in gold_prompts(500, TASK)} & {repr(p) for p in prompts}
 
 
 def test_prompts_carry_the_right_earlier_answers_and_the_judge_reads_user_turns_only():
