@@ -9,7 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_hf.tasks import SimulatedLabeller
-from rlhf_hf.tasks.tiny.model import build_tiny_model, build_tokenizer, get_tiny_base
+from rlhf_hf.tasks.tiny.model import (
+    PackedLinesCollator,
+    build_tiny_model,
+    build_tokenizer,
+    get_tiny_base,
+    pack_lines,
+)
 from rlhf_hf.tasks.tiny_sort import DEFAULT_TASK, SortTask
 
 
@@ -123,3 +129,33 @@ def test_the_cached_base_moves_when_its_corpus_generator_changes(monkeypatch):
         SortTask, "corpus", lambda self, n, seed: [line + " ." for line in original(self, n, seed)]
     )
     assert tiny_base_dir(DEFAULT_TASK) != before
+
+
+def test_packed_pretraining_rows_attend_within_a_line_only():
+    """Packing corpus lines (a base pretraining option) must train each line as if it were alone: same logits and
+    loss as the line's own forward pass, no line split, the padding unlabelled."""
+    tok = build_tokenizer()
+    lines = [tok(f"<bos> {t} <|end|>")["input_ids"] for t in DEFAULT_TASK.corpus(30, seed=1)]
+    rows = pack_lines(lines, 40)
+    assert [x for r in rows for x in r["input_ids"]] == [x for line in lines for x in line]  # all, in order
+    assert all(len(r["input_ids"]) <= 40 for r in rows) and len(rows) < len(lines)
+    with pytest.raises(ValueError, match="pack_length=4"):
+        pack_lines(lines, 4)
+
+    batch = PackedLinesCollator(tok.pad_token_id, 40)(rows[:2])
+    assert batch["input_ids"].shape == (2, 40)
+    k = len(rows[0]["input_ids"])
+    assert (batch["labels"][0, k:] == -100).all()
+    assert (batch["labels"][0, :k] == batch["input_ids"][0, :k]).all()
+
+    model = build_tiny_model(tok)
+    model.config.use_cache = False  # as pretraining sets it
+    model.train()  # the mode the packing is used in (no dropout in Llama: train and eval logits agree)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        start = 0
+        for line in lines[: sum(1 for p in rows[0]["position_ids"] if p == 0)]:
+            alone = model(input_ids=torch.tensor([line])).logits[0]
+            torch.testing.assert_close(packed[start : start + len(line)], alone, rtol=1e-4, atol=1e-5)
+            start += len(line)
+    assert start == k

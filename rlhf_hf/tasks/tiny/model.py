@@ -164,6 +164,13 @@ def pretrain_tiny_base(output_dir: str | Path, task: Task = DEFAULT_TASK) -> Pat
         batched=True,
         remove_columns=["text"],
     )
+    if settings.get("pack_length"):
+        data = Dataset.from_list(pack_lines(data["input_ids"], settings["pack_length"]))
+        collator = PackedLinesCollator(tokenizer.pad_token_id, settings["pack_length"])
+        # With a cache (the config's default), transformers ignores the packing and attends across lines.
+        model.config.use_cache = False
+    else:
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     tokenizer.padding_side = "right"  # collator pads; labels mask the padding
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
@@ -186,14 +193,52 @@ def pretrain_tiny_base(output_dir: str | Path, task: Task = DEFAULT_TASK) -> Pat
             model=model,
             args=args,
             train_dataset=data,
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+            data_collator=collator,
         )
         trainer.train()
     tokenizer.padding_side = "left"
+    model.config.use_cache = True
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def pack_lines(lines: list[list[int]], pack_length: int) -> list[dict]:
+    """Corpus lines (token ids) packed greedily, in order, into rows of at most `pack_length` tokens; a line is
+    never split. Each row's `position_ids` restart at 0 for every line, which is what makes transformers' attention
+    block-diagonal (`masking_utils.find_packed_sequence_indices`): a line never sees the lines packed before it."""
+    rows, ids, pos = [], [], []
+    for line in lines:
+        if len(line) > pack_length:
+            raise ValueError(f"a corpus line of {len(line)} tokens does not fit pack_length={pack_length}")
+        if len(ids) + len(line) > pack_length:
+            rows.append({"input_ids": ids, "position_ids": pos})
+            ids, pos = [], []
+        ids, pos = ids + list(line), pos + list(range(len(line)))
+    if ids:
+        rows.append({"input_ids": ids, "position_ids": pos})
+    return rows
+
+
+class PackedLinesCollator:
+    """Pads packed rows to `pack_length` with no attention mask (so the position ids define the blocks); the
+    padding is one more block of its own whose labels are -100."""
+
+    def __init__(self, pad_token_id: int, pack_length: int):
+        self.pad_token_id, self.pack_length = pad_token_id, pack_length
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        n = self.pack_length
+        input_ids = torch.full((len(rows), n), self.pad_token_id)
+        labels = torch.full((len(rows), n), -100)
+        position_ids = torch.arange(n).repeat(len(rows), 1)
+        for i, row in enumerate(rows):
+            k = len(row["input_ids"])
+            input_ids[i, :k] = labels[i, :k] = torch.tensor(row["input_ids"])
+            position_ids[i, :k] = torch.tensor(row["position_ids"])
+            position_ids[i, k:] = torch.arange(n - k)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
 def tiny_base_dir(task: Task = DEFAULT_TASK) -> Path:
