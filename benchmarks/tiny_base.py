@@ -5,8 +5,9 @@ The chat task's SFT and PPO can only reinforce what the base can already do (rea
 of the recipe runs. Settings override the task's `tasks/tiny/model.py` `BASE_SETTINGS` (model config, pretraining)
 for this process only; the cached `rlhf-hf/tiny-chat` base is not touched.
 
-    OMP_NUM_THREADS=2 python benchmarks/tiny_base.py --out /tmp/base --pretrain '{"pack_length": 0}'  # padded
-    OMP_NUM_THREADS=2 python benchmarks/tiny_base.py --out /tmp/base --pretrain '{"steps": 2100}'
+    OMP_NUM_THREADS=2 python benchmarks/tiny_base.py --out /tmp/base  # the shipped base's settings
+    OMP_NUM_THREADS=2 python benchmarks/tiny_base.py --out /tmp/packed \
+        --pretrain '{"pack_length": 128, "batch_size": 10, "steps": 2100, "n_lines": 60000}'
 
 Prints one JSON line: seconds, parameters and, per operation, greedy exact rate on 100 lines (all / long lists,
 i.e. more items than the demonstrator's `attention_span`).

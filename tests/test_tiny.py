@@ -9,13 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_hf.tasks import SimulatedLabeller
-from rlhf_hf.tasks.tiny.model import (
-    PackedLinesCollator,
-    build_tiny_model,
-    build_tokenizer,
-    get_tiny_base,
-    pack_lines,
-)
+from rlhf_hf.tasks.tiny.model import PackedLinesCollator, build_tiny_model, build_tokenizer, get_tiny_base
 from rlhf_hf.tasks.tiny_sort import DEFAULT_TASK, SortTask
 
 
@@ -132,20 +126,26 @@ def test_the_cached_base_moves_when_its_corpus_generator_changes(monkeypatch):
 
 
 def test_packed_pretraining_rows_attend_within_a_line_only():
-    """Packing corpus lines (a base pretraining option) must train each line as if it were alone: same logits and
-    loss as the line's own forward pass, no line split, the padding unlabelled."""
+    """Packing corpus lines (a base pretraining option) must train each line as if it were alone: same logits as
+    the line's own forward pass, the padding unlabelled."""
+    from datasets import Dataset
+    from trl import pack_dataset
+
     tok = build_tokenizer()
     lines = [tok(f"<bos> {t} <|end|>")["input_ids"] for t in DEFAULT_TASK.corpus(30, seed=1)]
-    rows = pack_lines(lines, 40)
-    assert [x for r in rows for x in r["input_ids"]] == [x for line in lines for x in line]  # all, in order
-    assert all(len(r["input_ids"]) <= 40 for r in rows) and len(rows) < len(lines)
-    with pytest.raises(ValueError, match="pack_length=4"):
-        pack_lines(lines, 4)
-
-    batch = PackedLinesCollator(tok.pad_token_id, 40)(rows[:2])
-    assert batch["input_ids"].shape == (2, 40)
+    rows = pack_dataset(Dataset.from_dict({"input_ids": lines}), 40, strategy="bfd").to_list()
+    assert len(rows) < len(lines) and sorted(x for r in rows for x in r["input_ids"]) == sorted(
+        sum(lines, [])
+    )
+    rows.sort(key=lambda r: len(r["input_ids"]))  # the shortest row first: it has padding in the batch
+    batch = PackedLinesCollator(tok.pad_token_id)(rows[:2])
+    assert set(batch) == {
+        "input_ids",
+        "labels",
+        "position_ids",
+    }  # no attention mask: the positions set the blocks
     k = len(rows[0]["input_ids"])
-    assert (batch["labels"][0, k:] == -100).all()
+    assert k < batch["input_ids"].shape[1] and (batch["labels"][0, k:] == -100).all()
     assert (batch["labels"][0, :k] == batch["input_ids"][0, :k]).all()
 
     model = build_tiny_model(tok)
@@ -154,8 +154,29 @@ def test_packed_pretraining_rows_attend_within_a_line_only():
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
         start = 0
-        for line in lines[: sum(1 for p in rows[0]["position_ids"] if p == 0)]:
-            alone = model(input_ids=torch.tensor([line])).logits[0]
-            torch.testing.assert_close(packed[start : start + len(line)], alone, rtol=1e-4, atol=1e-5)
-            start += len(line)
-    assert start == k
+        for n in rows[0]["seq_lengths"]:
+            alone = model(input_ids=batch["input_ids"][:1, start : start + n]).logits[0]
+            torch.testing.assert_close(packed[start : start + n], alone, rtol=1e-4, atol=1e-5)
+            start += n
+    assert start == k and len(rows[0]["seq_lengths"]) > 1
+
+
+def test_packed_pretraining_trains_with_block_diagonal_attention(tmp_path, monkeypatch):
+    import transformers.masking_utils as masking
+
+    from rlhf_hf.tasks.tiny import model as tiny
+
+    blocks = []
+    find = masking.find_packed_sequence_indices
+    monkeypatch.setattr(
+        masking, "find_packed_sequence_indices", lambda pos: blocks.append(find(pos)) or blocks[-1]
+    )
+    settings = {**tiny.PRETRAIN_SETTINGS, "n_lines": 64, "steps": 2, "batch_size": 2, "pack_length": 64}
+    monkeypatch.setattr(tiny, "base_settings", lambda task: (tiny.TINY_CONFIG, settings))
+    tiny.pretrain_tiny_base(tmp_path, DEFAULT_TASK)
+    # every training step's attention was split into one block per line (several lines a row)
+    assert len(blocks) == 2 and all(b is not None and int(b.max()) >= 2 for b in blocks)
+    assert (
+        AutoModelForCausalLM.from_pretrained(tmp_path).config.num_hidden_layers
+        == tiny.TINY_CONFIG["num_hidden_layers"]
+    )
