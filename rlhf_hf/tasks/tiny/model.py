@@ -195,6 +195,7 @@ def pretrain_tiny_base(output_dir: str | Path, task: Task = DEFAULT_TASK) -> Pat
             disable_tqdm=True,
             dataloader_num_workers=0,
             use_cache=False,  # the default, and packing needs it: with a cache, attention crosses packed lines
+            remove_unused_columns=False,  # a packed row's `seq_lengths`, which the collator turns into positions
         )
         trainer = Trainer(
             model=model,
