@@ -9,7 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_hf.tasks import SimulatedLabeller
-from rlhf_hf.tasks.tiny.model import PackedLinesCollator, build_tiny_model, build_tokenizer, get_tiny_base
+from rlhf_hf.tasks.tiny.model import (
+    PackedLinesCollator,
+    build_tiny_model,
+    build_tokenizer,
+    get_tiny_base,
+    pack_lines,
+)
 from rlhf_hf.tasks.tiny_sort import DEFAULT_TASK, SortTask
 
 
@@ -128,17 +134,16 @@ def test_the_cached_base_moves_when_its_corpus_generator_changes(monkeypatch):
 def test_packed_pretraining_rows_attend_within_a_line_only():
     """Packing corpus lines (a base pretraining option) must train each line as if it were alone: same logits as
     the line's own forward pass, the padding unlabelled."""
-    from datasets import Dataset
-    from trl import pack_dataset
-
     tok = build_tokenizer()
     lines = [tok(f"<bos> {t} <|end|>")["input_ids"] for t in DEFAULT_TASK.corpus(30, seed=1)]
-    rows = pack_dataset(Dataset.from_dict({"input_ids": lines}), 40, strategy="bfd").to_list()
-    assert len(rows) < len(lines) and sorted(x for r in rows for x in r["input_ids"]) == sorted(
-        sum(lines, [])
-    )
-    rows.sort(key=lambda r: len(r["input_ids"]))  # the shortest row first: it has padding in the batch
-    batch = PackedLinesCollator(tok.pad_token_id)(rows[:2])
+    rows = pack_lines(lines, 40)
+    assert [x for r in rows for x in r["input_ids"]] == [x for line in lines for x in line]  # all, in order
+    assert [n for r in rows for n in r["seq_lengths"]] == [len(line) for line in lines]
+    assert len(rows) < len(lines) and all(len(r["input_ids"]) <= 40 for r in rows)
+    with pytest.raises(ValueError, match="pack_length=4"):
+        pack_lines(lines, 4)
+    rows.sort(key=lambda r: len(r["input_ids"]))
+    batch = PackedLinesCollator(tok.pad_token_id)([rows[0], rows[-1]])  # the shortest row gets padding
     assert set(batch) == {
         "input_ids",
         "labels",

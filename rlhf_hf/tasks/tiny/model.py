@@ -156,7 +156,6 @@ def pretrain_tiny_base(output_dir: str | Path, task: Task = DEFAULT_TASK) -> Pat
     """
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-    from trl import pack_dataset
 
     config, settings = base_settings(task)  # part of the cache fingerprint: change them there, not per call
     tokenizer = build_tokenizer(task)
@@ -168,12 +167,7 @@ def pretrain_tiny_base(output_dir: str | Path, task: Task = DEFAULT_TASK) -> Pat
         remove_columns=["text"],
     )
     if settings.get("pack_length"):
-        longest = max(map(len, data["input_ids"]))
-        if longest > settings["pack_length"]:  # pack_dataset would truncate it
-            raise ValueError(
-                f"a corpus line of {longest} tokens exceeds pack_length={settings['pack_length']}"
-            )
-        data = pack_dataset(data.select_columns(["input_ids"]), settings["pack_length"], strategy="bfd")
+        data = Dataset.from_list(pack_lines(data["input_ids"], settings["pack_length"]))
         collator = PackedLinesCollator(tokenizer.pad_token_id)
     else:
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
@@ -211,8 +205,28 @@ def pretrain_tiny_base(output_dir: str | Path, task: Task = DEFAULT_TASK) -> Pat
     return output_dir
 
 
+def pack_lines(lines: list[list[int]], pack_length: int) -> list[dict]:
+    """Token-id lines packed in order into rows of at most `pack_length` tokens, a line never split; each row keeps
+    its lines' `seq_lengths` (TRL's packed format). Not `trl.pack_dataset`: its best-fit-decreasing rows hold lines
+    of one length, and the chat base pretrained on them could not reverse a list (greedy on corpus lines: reverse
+    0.05 vs 0.80 in order, one run each; `benchmarks/DIAGNOSIS.md`, section 7)."""
+    rows: list[dict] = []
+    ids: list[int] = []
+    lengths: list[int] = []
+    for line in lines:
+        if len(line) > pack_length:
+            raise ValueError(f"a corpus line of {len(line)} tokens exceeds pack_length={pack_length}")
+        if len(ids) + len(line) > pack_length:
+            rows.append({"input_ids": ids, "seq_lengths": lengths})
+            ids, lengths = [], []
+        ids, lengths = ids + list(line), lengths + [len(line)]
+    if ids:
+        rows.append({"input_ids": ids, "seq_lengths": lengths})
+    return rows
+
+
 class PackedLinesCollator:
-    """TRL's language-modeling collator on rows packed by `trl.pack_dataset`, without the attention mask: then the
+    """TRL's language-modeling collator on packed rows (`pack_lines`), without the attention mask: then the
     position ids, which restart at every line, make transformers' attention block-diagonal
     (`masking_utils.find_packed_sequence_indices`), so a line never attends to the lines packed before it."""
 
