@@ -144,11 +144,8 @@ def test_packed_pretraining_rows_attend_within_a_line_only():
         pack_lines(lines, 4)
     rows.sort(key=lambda r: len(r["input_ids"]))
     batch = PackedLinesCollator(tok.pad_token_id)([rows[0], rows[-1]])  # the shortest row gets padding
-    assert set(batch) == {
-        "input_ids",
-        "labels",
-        "position_ids",
-    }  # no attention mask: the positions set the blocks
+    # no attention mask: the position ids, restarting at every line, set the attention blocks
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
     k = len(rows[0]["input_ids"])
     assert k < batch["input_ids"].shape[1] and (batch["labels"][0, k:] == -100).all()
     assert (batch["labels"][0, :k] == batch["input_ids"][0, :k]).all()

@@ -209,19 +209,15 @@ def pack_lines(lines: list[list[int]], pack_length: int) -> list[dict]:
     """Token-id lines packed in order into rows of at most `pack_length` tokens, a line never split; each row keeps
     its lines' `seq_lengths` (TRL's packed format). Not `trl.pack_dataset`: its best-fit-decreasing rows hold lines
     of one length, and the chat base pretrained on them could not reverse a list (greedy on corpus lines: reverse
-    0.05 vs 0.80 in order, one run each; `benchmarks/DIAGNOSIS.md`, section 7)."""
+    0.05 vs 0.71-0.80 in order; `benchmarks/DIAGNOSIS.md`, section 7)."""
     rows: list[dict] = []
-    ids: list[int] = []
-    lengths: list[int] = []
     for line in lines:
         if len(line) > pack_length:
             raise ValueError(f"a corpus line of {len(line)} tokens exceeds pack_length={pack_length}")
-        if len(ids) + len(line) > pack_length:
-            rows.append({"input_ids": ids, "seq_lengths": lengths})
-            ids, lengths = [], []
-        ids, lengths = ids + list(line), lengths + [len(line)]
-    if ids:
-        rows.append({"input_ids": ids, "seq_lengths": lengths})
+        if not rows or len(rows[-1]["input_ids"]) + len(line) > pack_length:
+            rows.append({"input_ids": [], "seq_lengths": []})
+        rows[-1]["input_ids"].extend(line)
+        rows[-1]["seq_lengths"].append(len(line))
     return rows
 
 
