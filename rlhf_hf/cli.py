@@ -20,9 +20,9 @@ commands:
   export         a standalone HF model dir (merged weights, tokenizer, model card)
   pipeline       the whole recipe: SFT -> (sample -> rank -> RM -> PPO) x rounds -> evaluation
   eval           evaluate a pipeline run dir again (tables, curves, summary.json)
-  demo           the recipe on the embedded default (CPU, minutes), printing a table of results
+  demo           the recipe on the embedded chat task (CPU, minutes), printing a table of results
                  (`rlhf-hf demo [RUN_DIR] [--seed N]`)
-  pretrain-tiny  build (or rebuild with --rebuild) the cached tiny base model of the embedded default
+  pretrain-tiny  build (or rebuild with --rebuild) the cached tiny bases (rlhf-hf/tiny, rlhf-hf/tiny-chat)
 """
 
 
@@ -136,7 +136,7 @@ def _eval(args: list[str]) -> int:
 def _demo(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         "rlhf-hf demo",
-        description="The whole recipe on the embedded default (tiny model, sorting task; CPU, minutes), from "
+        description="The whole recipe on the embedded chat task (tiny model, conversations; CPU, minutes), from "
         "scratch into RUN_DIR, ending with a table of results.",
         allow_abbrev=False,
     )
@@ -165,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         return _demo(rest)
     if command == "pretrain-tiny":
-        from .tasks import TINY_MODEL_ID, embedded_model_path
+        from .tasks import TINY_CHAT_MODEL_ID, TINY_MODEL_ID, embedded_model_path
 
-        print(embedded_model_path(TINY_MODEL_ID, rebuild="--rebuild" in rest))
+        for model_id in (TINY_MODEL_ID, TINY_CHAT_MODEL_ID):
+            print(model_id, embedded_model_path(model_id, rebuild="--rebuild" in rest))
         return 0
     table = recipes()
     if command not in table:

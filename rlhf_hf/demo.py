@@ -1,4 +1,4 @@
-"""`make demo`: the whole recipe on the embedded default, on CPU, with a table of what each stage did."""
+"""`make demo`: the whole recipe on the embedded chat task, on CPU, with a table of what each stage did."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from .pipeline import RLHFPipeline
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pipeline_tiny.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "demo_chat.yaml"
 
 
 def run_demo(run_dir: str | Path = "runs/demo", seed: int = 0, **overrides: Any) -> dict[str, Any]:
@@ -19,12 +19,13 @@ def run_demo(run_dir: str | Path = "runs/demo", seed: int = 0, **overrides: Any)
     """
     import time
 
-    from .tasks import TINY_MODEL_ID, embedded_model_is_built, embedded_model_path
+    from .tasks import TINY_CHAT_MODEL_ID, embedded_model_is_built, embedded_model_path
 
-    start, cached = time.time(), embedded_model_is_built(TINY_MODEL_ID)
-    embedded_model_path(
-        TINY_MODEL_ID
-    )  # pretrains the tiny base once (cached), so its time is not charged to SFT
+    # the base of demo_chat.yaml's SFT stage, pretrained once (cached) here so its time is not charged to SFT
+    start, cached = time.time(), embedded_model_is_built(TINY_CHAT_MODEL_ID)
+    embedded_model_path(TINY_CHAT_MODEL_ID)
     pipeline = RLHFPipeline.from_yaml(DEMO_CONFIG, run_dir=str(run_dir), seed=seed, **overrides)
-    pipeline.timings.append(("0. pretrain tiny base", time.time() - start, "cached" if cached else "built"))
+    pipeline.timings.append(
+        ("0. pretrain tiny-chat base", time.time() - start, "cached" if cached else "built")
+    )
     return pipeline.run()

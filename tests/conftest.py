@@ -34,6 +34,14 @@ def tiny_base() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_base() -> Path:
+    """The chat task's tiny base (`rlhf-hf/tiny-chat`), pretrained once into the repo-local cache."""
+    from rlhf_hf.tasks import TINY_CHAT_MODEL_ID, embedded_model_path
+
+    return Path(embedded_model_path(TINY_CHAT_MODEL_ID))
+
+
+@pytest.fixture(scope="session")
 def sft_run(tiny_base, tmp_path_factory):
     """The tiny SFT recipe run once per session: (RecipeResult, merged model dir)."""
     from rlhf_hf import SFTRecipe

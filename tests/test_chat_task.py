@@ -392,6 +392,26 @@ def test_chat_pipeline_config_runs_the_chat_stages():
     ]
 
 
+def test_demo_config_is_the_chat_pipeline_cut_short_and_validates(tmp_path):
+    """`make demo` runs demo_chat.yaml: the chat stages with the cuts the README measured, valid before any model
+    loads (every stage's config parses with the demo's overrides; the prompt datasets have a `prompt` column)."""
+    from rlhf_hf.demo import DEMO_CONFIG
+    from rlhf_hf.pipeline import RLHFPipeline
+
+    pipeline = RLHFPipeline.from_yaml(DEMO_CONFIG, run_dir=str(tmp_path / "demo"))
+    cfg = pipeline.config
+    assert (cfg.task, cfg.prompts_dataset) == ("tiny-chat", "rlhf-hf/tiny-chat-feedback-prompts")
+    assert (cfg.rank_prompts, cfg.sample_k, cfg.sample_temperature, cfg.sample_include_greedy) == (
+        3000,
+        4,
+        0.7,
+        True,
+    )
+    assert cfg.ppo["kl_coef"] == 1.0 and cfg.ppo["max_steps"] == 30 and cfg.reward["num_train_epochs"] == 4
+    pipeline.validate()
+    assert not (tmp_path / "demo").exists()  # validating writes nothing
+
+
 @pytest.mark.parametrize("policy_turns", [False, True])
 def test_pipeline_ranks_the_datasets_turn_or_a_random_turn_after_the_policys_own(
     tmp_path, random_chat_policy, policy_turns
