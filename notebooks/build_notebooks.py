@@ -1,6 +1,6 @@
 """Writes the notebooks (kept as code so diffs stay readable): `python notebooks/build_notebooks.py`.
 
-- `01_rlhf_walkthrough.ipynb`: the three steps on the embedded default, explained (CPU, minutes).
+- `01_rlhf_walkthrough.ipynb`: the three steps on the embedded chat task, explained (CPU, minutes).
 - `02_consumer_gpu.ipynb`: the same steps on a real 7B model in 8-bit + LoRA on one 24 GB GPU.
 """
 
@@ -13,30 +13,35 @@ KERNEL = {"kernelspec": {"name": "python3", "display_name": "Python 3", "languag
 
 
 def walkthrough() -> list:
-    """Cells of 01_rlhf_walkthrough.ipynb."""
+    """Cells of 01_rlhf_walkthrough.ipynb: the demo's run (demo_chat.yaml), one step at a time."""
     return [
     md("""# RLHF in three steps, on a laptop CPU
 
 This notebook walks through InstructGPT's recipe — the one behind ChatGPT — with `rlhf_hf`, on the library's
-embedded default: a ~1 M-parameter Llama and a toy assistant task, so everything runs on a CPU in a few minutes
-and nothing is downloaded.
+embedded chat task: a ~1 M-parameter Llama and a tiny assistant, so everything runs on a CPU in a few minutes and
+nothing is downloaded. It is `make demo` (`recipes/configs/demo_chat.yaml`), one step at a time.
 
-**The task.** The user asks *"sort 3 1 4 1 5"*; a good answer is *"1 1 3 4 5"*. Writing the answer is hard for a
-tiny model; *judging* one is easy (is it a sorted copy of the input?), just as a human labeller can tell a better
-answer from a worse one without being able to write the best one. A programmatic **gold judge** plays the
-labellers: it only ranks answers (with noise) and measures the final result — it is never the training reward.
+**The task.** A user asks the assistant to do things with short lists of digits — *"sort my numbers 3 1 2"* →
+*"1 2 3"*, *"how many in the ages 4 4 1"* → *"3"*, a follow-up *"now reverse it"* that refers to the previous
+answer — and some requests it must refuse: someone else's secret (*"sort her pin 3 1 2"* → *"sorry , i can not help
+with that ."*), while the user's own secret or someone else's plain list must still be answered.
+
+**The demonstrator is flawed the way people are: systematically.** It refuses by keyword (it refuses "my password"
+and answers "her pin" most of the time), is careless on long lists, and forgets the earlier turn. SFT learns those
+habits. Labellers can still tell a better answer from a worse one — which is why InstructGPT and ChatGPT *rank*
+samples instead of writing more demonstrations. A programmatic **gold judge** plays the labellers: it only ranks
+answers (with noise) and measures the final result; it is never the training reward.
 
 The three steps:
-1. **SFT** — fine-tune the pretrained model on demonstrations (here deliberately sloppy: half contain a mistake).
-2. **Reward model** — sample K answers per prompt, have them *ranked*, train a model to score answers so that
+1. **SFT** — fine-tune the pretrained model on the demonstrations (every assistant turn of a conversation).
+2. **Reward model** — sample K = 4 answers per prompt, have them *ranked*, train a model to score answers so that
    better-ranked ones score higher (all C(K,2) pairs from each ranking).
 3. **PPO** — let the model practise: sample answers, score them with the reward model, and update the model to
-   get higher scores while a KL penalty keeps it close to the SFT model (so it cannot drift into gibberish the
-   reward model happens to like)."""),
+   get higher scores while a KL penalty keeps it close to the SFT model."""),
     code("""# Parameters (the tests run this notebook with these values)
 RUN_DIR = "runs/notebook"
 SEED = 0
-PPO_UPDATES = 40"""),
+PPO_UPDATES = 30"""),
     code("""import json, statistics
 from pathlib import Path
 
@@ -44,117 +49,140 @@ import matplotlib.pyplot as plt
 from transformers import AutoModelForCausalLM
 
 from rlhf_hf import PPORecipe, RewardRecipe, SFTRecipe
+from rlhf_hf.data import load_split
 from rlhf_hf.evaluation import evaluate_policies, gold_prompts, print_table
 from rlhf_hf.generation import generate
 from rlhf_hf.modeling import load_tokenizer
-from rlhf_hf.reward.model import load_reward_model
+from rlhf_hf.reward.model import load_reward_model, score
 from rlhf_hf.reward.sampling import drop_empty_answers, rank_with, sample_answers
-from rlhf_hf.tasks import get_task
-from rlhf_hf.tasks.tiny.model import get_tiny_base
+from rlhf_hf.tasks import TINY_CHAT_MODEL_ID, embedded_model_path, get_task
 
-TASK = get_task("tiny-sort")  # prompts, demonstrations and the gold judge
+TASK = get_task("tiny-chat")  # prompts, demonstrations and the gold judge
+TEMPERATURE = 0.7  # the training temperature: comparisons, PPO's samples and the sampled evaluation
 
 CONFIGS = Path("recipes/configs") if Path("recipes/configs").exists() else Path("../recipes/configs")
 run = Path(RUN_DIR)
 results = {}"""),
-    md("""## Step 0: the pretrained base and the judge
+    md("""## Step 0: the pretrained base, the demonstrator and the judge
 
-`rlhf-hf/tiny` is pretrained once (about half a minute) on plain text like `numbers 3 1 4 sorted : 1 3 4 .` and
-cached. It knows something about sorting, but not how to answer a chat prompt."""),
-    code("""base_dir = get_tiny_base()
-tokenizer = load_tokenizer(str(base_dir))
-demo = TASK.demonstrations(3, seed=SEED)
-for row in demo:
-    prompt, answer = row["messages"][0]["content"], row["messages"][1]["content"]
-    print(f"{prompt!r:24} demonstration {answer!r:16} gold score {TASK.score(prompt, answer):.2f}")
+`rlhf-hf/tiny-chat` is pretrained once (a minute or two on 2 cores) on plain text that uses every word of the
+task (what the requests mean, which lists are private, the refusal) and cached. It has never seen a conversation.
+Below: a few demonstrations as SFT will see them, each judged by the gold judge."""),
+    code("""base_dir = embedded_model_path(TINY_CHAT_MODEL_ID)
+tokenizer = load_tokenizer(base_dir)
+for row in TASK.demonstrations(6, seed=SEED):
+    *history, answer = row["messages"]
+    print(" | ".join(m["content"] for m in history), "->", repr(answer["content"]),
+          f"(gold {TASK.score(history, answer['content']):.2f})")
 base = AutoModelForCausalLM.from_pretrained(base_dir)
-print("base model answers:", generate(base, tokenizer, ["sort 3 1 2", "order 9 0 5"], max_new_tokens=8))"""),
+print("base model answers:", generate(base, tokenizer, ["sort my numbers 3 1 2"], max_new_tokens=8))"""),
     md("""## Step 1: supervised fine-tuning
 
-`SFTRecipe` wraps TRL's `SFTTrainer` with LoRA; the loss covers the assistant's tokens only. The merged model
-(`sft/merged`) is the starting point of everything that follows."""),
-    code("""sft = SFTRecipe.from_yaml(CONFIGS / "sft_tiny.yaml", output_dir=str(run / "sft"), seed=SEED).run()
+`SFTRecipe` wraps TRL's `SFTTrainer` with LoRA; the loss covers every assistant turn and no user turn. The merged
+model (`sft/merged`) is the starting point of everything that follows."""),
+    code("""sft = SFTRecipe.from_yaml(CONFIGS / "sft_chat.yaml", output_dir=str(run / "sft"), num_train_epochs=3,
+                          seed=SEED).run()
 sft_dir = str(Path(sft.output_dir, "merged").resolve())
-results["sft_gold_greedy"] = sft.metrics["gold_score"]
 print({k: round(v, 3) for k, v in sft.metrics.items() if isinstance(v, float)})"""),
     md("""## Step 2: rank sampled answers, train a reward model
 
-For each prompt we sample K = 4 answers from the SFT model and ask the (simulated, slightly noisy) labeller to rank
-them. The reward model (the SFT model plus a scalar head) sees all four answers of a prompt at once and learns
-from every pair: better-ranked answer should score higher."""),
+For each prompt we sample K = 4 answers from the SFT model (one of them its greedy answer, the one it would be
+served with) and ask the (simulated, slightly noisy) labeller to rank them. The prompts weight refusal cases up:
+the labellers' time goes where the policy is inconsistent. The reward model (the SFT model plus a scalar head)
+sees all four answers of a prompt at once and learns from every pair."""),
     code("""sft_model = AutoModelForCausalLM.from_pretrained(sft_dir)
 sft_tok = load_tokenizer(sft_dir)
-prompts = TASK.prompts(600, seed=SEED + 1)
-sampled, _ = drop_empty_answers(sample_answers(sft_model, sft_tok, prompts, 4, max_new_tokens=16, seed=SEED))
+prompts = load_split("rlhf-hf/tiny-chat-feedback-prompts", "train")["prompt"][:3000]
+sampled, _ = drop_empty_answers(sample_answers(sft_model, sft_tok, prompts, 4, temperature=TEMPERATURE,
+                                               max_new_tokens=16, seed=SEED, include_greedy=True))
 rows = rank_with(TASK.labeller(noise=0.05, seed=SEED), sampled)
-print("prompt:", rows[0]["prompt"])
-for answer, rank in sorted(zip(rows[0]["responses"], rows[0]["ranks"]), key=lambda x: x[1]):
+row = next(r for r in rows if len(set(r["ranks"])) > 2)  # one with a real ranking (equal answers tie)
+print("conversation:", " | ".join(m["content"] for m in row["prompt"]))
+for answer, rank in sorted(zip(row["responses"], row["ranks"]), key=lambda x: x[1]):
     print(f"  rank {rank}: {answer!r}")
-(run).mkdir(parents=True, exist_ok=True)
+run.mkdir(parents=True, exist_ok=True)
 (run / "comparisons.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))"""),
-    code("""rm = RewardRecipe.from_yaml(CONFIGS / "reward_tiny.yaml", model_name_or_path=sft_dir, labeller=None,
-                            dataset_name=str(run / "comparisons.jsonl"), output_dir=str(run / "reward"),
-                            eval_gold_prompts=0, seed=SEED).run()
-results["rm_pair_accuracy"] = rm.metrics.get("eval_pairwise_accuracy")
+    code("""rm = RewardRecipe.from_yaml(CONFIGS / "reward_chat.yaml", model_name_or_path=sft_dir, labeller=None,
+                            dataset_name=str(run / "comparisons.jsonl"), dataset_format="ranked", max_prompts=None,
+                            num_train_epochs=4, output_dir=str(run / "reward"), eval_gold_prompts=0,
+                            seed=SEED).run()
 print({k: round(v, 3) for k, v in rm.metrics.items() if isinstance(v, float)})
 
-# Does the reward model prefer correct answers? Score held-out answers and split them by the gold judge.
+# What did it learn? Score held-out answers, 4 per prompt, and split them by the gold judge. A reward model ranks
+# answers to the same prompt (its scale is not comparable across prompts), so each score is taken relative to
+# the mean of its prompt's four, and right is compared with wrong within a prompt.
 reward = load_reward_model(rm.output_dir)
-held = sample_answers(sft_model, sft_tok, gold_prompts(150, TASK), 4, max_new_tokens=16, seed=SEED + 7)
-pairs = [(r["prompt"], a) for r in held for a in r["responses"]]
-from rlhf_hf.reward.model import score
-scores = score(reward[0], reward[1], [p for p, _ in pairs], [a for _, a in pairs])
-exact = [s for (p, a), s in zip(pairs, scores) if TASK.score(p, a) == 1.0]
-wrong = [s for (p, a), s in zip(pairs, scores) if TASK.score(p, a) < 1.0]
-results["rm_exact_minus_wrong"] = statistics.fmean(exact) - statistics.fmean(wrong)
-plt.hist([exact, wrong], bins=30, label=["correct answers", "answers with a mistake"], alpha=0.7)
-plt.xlabel("reward model score"); plt.legend(); plt.title("The reward model separates good from bad answers")
-plt.show()"""),
+held = sample_answers(sft_model, sft_tok, gold_prompts(200, TASK), 4, temperature=TEMPERATURE,
+                      max_new_tokens=16, seed=SEED + 7)
+right, wrong, prefers_right = [], [], []
+for row in held:
+    scores = score(reward[0], reward[1], [row["prompt"]] * 4, row["responses"])
+    is_right = [TASK.score(row["prompt"], answer) == 1.0 for answer in row["responses"]]
+    centred = [s - statistics.fmean(scores) for s in scores]
+    right += [c for c, ok in zip(centred, is_right) if ok]
+    wrong += [c for c, ok in zip(centred, is_right) if not ok]
+    prefers_right += [float(a > b) for a, a_ok in zip(scores, is_right) if a_ok
+                      for b, b_ok in zip(scores, is_right) if not b_ok]
+results["rm_prefers_right"] = statistics.fmean(prefers_right)
+print(f"P(reward model scores a right answer above a wrong one to the same prompt) = {results['rm_prefers_right']:.2f}"
+      f" over {len(prefers_right)} pairs")
+plt.hist([right, wrong], bins=30, label=["right answers", "answers with a mistake"], alpha=0.7)
+plt.xlabel("reward model score minus its prompt's mean"); plt.ylabel("answers"); plt.legend()
+plt.title("Right answers score higher than the others to the same prompt"); plt.show()"""),
     md("""## Step 3: PPO against the reward model
 
 The policy (a LoRA adapter on the SFT model) samples answers, the reward model scores them, and PPO nudges the
-policy towards higher scores. The per-token penalty −β·KL(policy ‖ SFT) keeps it from drifting; a little of the
-pretraining loss ("PPO-ptx") is mixed in. Policy, value function, reward model and the SFT reference all share
-one copy of the base weights."""),
-    code("""ppo = PPORecipe.from_yaml(CONFIGS / "ppo_tiny.yaml", model_name_or_path=sft_dir, reward_model_path=rm.output_dir,
-                          output_dir=str(run / "ppo"), max_steps=PPO_UPDATES, ptx_coef=0.05, eval_gold_prompts=0,
-                          seed=SEED).run()
+policy towards higher scores. The per-token penalty −β·KL(policy ‖ SFT) keeps it from drifting — β = 1 here:
+where this small reward model cannot tell answers apart (it is near chance on reversing and de-duplicating) its
+score is noise, and the penalty keeps the policy at SFT's answer there. A little of the pretraining loss
+("PPO-ptx") is mixed in. Policy, value function, reward model and the SFT reference share one copy of the base."""),
+    code("""ppo = PPORecipe.from_yaml(CONFIGS / "ppo_chat.yaml", model_name_or_path=sft_dir, reward_model_path=rm.output_dir,
+                          output_dir=str(run / "ppo"), max_steps=PPO_UPDATES, kl_coef=1.0, ptx_coef=0.05,
+                          temperature=TEMPERATURE, eval_gold_prompts=0, seed=SEED).run()
 history = [h for h in json.loads(Path(ppo.output_dir, "log_history.json").read_text()) if "objective/scores" in h]
 fig, axes = plt.subplots(1, 3, figsize=(12, 3))
 for ax, key, title in zip(axes, ["objective/scores", "objective/kl", "objective/entropy"],
                           ["reward-model score", "KL to the SFT model", "entropy"]):
-    ax.plot([h["step"] for h in history], [h[key] for h in history]); ax.set_title(title); ax.set_xlabel("update")
+    ax.plot([h["step"] for h in history], [h[key] for h in history])
+    ax.set_title(title); ax.set_xlabel("update"); ax.set_ylabel(title)
 plt.tight_layout(); plt.show()
 results["rm_score_first"], results["rm_score_last"] = ppo.metrics["score_first"], ppo.metrics["score_last"]"""),
     md("""## Did it work? Ask the gold judge, the way the model is used
 
-Both policies answer the same held-out prompts twice: **greedily**, the way a chat model is served, and **sampled at
-temperature 1**, as during training. Sampled answers mostly measure how sure a policy is: PPO lowers the entropy,
-so its samples look better even when its most likely answer does not. Greedy is the result that counts.
+Both policies answer the same held-out prompts (the task's own mix) twice: **greedily**, the way a chat model is
+served, and **sampled at the training temperature**. Sampled answers partly measure how sure a policy is: PPO
+lowers the entropy, so its samples can look better even when its most likely answer does not. Greedy is the
+result that counts.
 
 Two baselines use the same reward model without any training: **best-of-n** samples n answers from SFT and keeps
 the one the reward model likes most (n = 4 and 16). Win rates compare with SFT at the same decoding (ties count
-half); best-of-n is compared with SFT's greedy answer, the one it would replace. The reward model is only a
-proxy; the gold judge is what we actually care about."""),
+half); best-of-n is compared with SFT's greedy answer, the one it would replace. The table per category shows
+where the gain is: refusals (the reward model learned them) and where it is not (lists it cannot judge)."""),
     code("""ppo_model = AutoModelForCausalLM.from_pretrained(Path(ppo.output_dir, "merged"))
 rows = evaluate_policies({"sft": sft_model, "ppo": ppo_model}, sft_model, sft_tok, gold_prompts(200, TASK),
-                         reward=reward, judge=TASK.score, category=TASK.category, best_of=(4, 16), seed=SEED)
+                         reward=reward, judge=TASK.score, category=TASK.category, best_of=(4, 16),
+                         temperature=TEMPERATURE, seed=SEED)
 print_table(rows)
+for name in ("sft greedy", "ppo greedy"):
+    print(name, {c: round(part["exact"], 2) for c, part in rows[name]["by_category"].items()})
 names = ["sft greedy", "ppo greedy", "sft sampled", "ppo sampled", "best-of-4", "best-of-16"]
 plt.bar(names, [rows[n]["gold_score"] for n in names],
         color=["grey", "tab:green", "silver", "lightgreen", "tab:blue", "tab:blue"])
 plt.ylabel("gold score (held-out prompts)"); plt.xticks(rotation=30); plt.ylim(0.5, 1.0); plt.show()
 results.update({f"{key}_{n.replace(' ', '_').replace('-', '_')}": rows[n][metric] for n in names
                 for key, metric in (("gold", "gold_score"), ("exact", "exact"), ("win_rate", "win_rate_gold"))})
-results["kl"] = rows["ppo sampled"]["kl"]
+results.update({f"refused_{n.replace(' ', '_')}": rows[n]["by_category"]["refuse"]["exact"] for n in names[:4]})
+results["kl"] = rows["ppo greedy"]["kl"]
 print(json.dumps(results))"""),
     md("""## Where next
 
+- `rlhf-hf pipeline --config recipes/configs/pipeline_chat.yaml` is the full-size run (more comparisons, PPO
+  updates, `--rounds 2` for a second round of ranking on the PPO policy's own answers) and draws the
+  over-optimisation curve (greedy and sampled gold and reward-model score against KL to SFT, checkpoint by
+  checkpoint). Its numbers, over three seeds, are in the README ("The chat task"), with what the recipe does not
+  fix yet and why (`benchmarks/DIAGNOSIS.md`).
 - The same three recipes take a real model id and dataset: see `notebooks/02_consumer_gpu.ipynb` (8-bit base,
-  one 24 GB GPU) and the README.
-- `rlhf-hf pipeline --config recipes/configs/pipeline_tiny.yaml` runs all of this end to end, with several rounds
-  of ranking and PPO, and draws the over-optimisation curve (greedy and sampled gold and
-  reward-model score against KL to SFT, checkpoint by checkpoint)."""),
+  one 24 GB GPU) and the README."""),
 ]
 
 
