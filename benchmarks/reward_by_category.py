@@ -43,6 +43,7 @@ def main() -> None:
         gold_prompts(args.prompts, task),
         args.k,
         temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
     rows, _ = drop_empty_answers(rows)
