@@ -21,7 +21,7 @@ from rlhf_hf import RewardRecipe, RewardRecipeConfig
 from rlhf_hf.cli import recipes
 from rlhf_hf.reward.collect import export_for_ranking, import_ranked
 from rlhf_hf.reward.loss import ranked_loss
-from rlhf_hf.reward.model import load_reward_model, score
+from rlhf_hf.reward.model import load_reward_model, pad_right, score
 from rlhf_hf.reward.sampling import drop_empty_answers, rank_with, sample_answers
 from rlhf_hf.reward.trainer import RankedCollator, RankedRewardTrainer, prepare_ranked
 from rlhf_hf.tasks import SimulatedLabeller
@@ -131,6 +131,51 @@ def test_each_answer_forwarded_once_with_mixed_k(tmp_path):
     trainer.train()
     # all 4 prompts in each step's batch: 3 + 3 + 2 + 2 answers, each exactly once (pairwise: 2 * 8 = 16 rows)
     assert forwarded == [10, 10]
+
+
+def test_an_answer_repeated_within_a_prompt_is_forwarded_once_and_the_loss_is_unchanged(tmp_path):
+    trainer = make_trainer(tmp_path, ranked_rows(2))
+    # the K = 5 a confident policy samples: the same answers again and again (different prompts never share a row)
+    rows = [
+        {
+            "prompt": "sort 3 1 2",
+            "responses": ["1 2 3", "1 3", "1 2 3", "3 1 2", "1 3"],
+            "ranks": [1, 2, 1, 3, 2],
+        },
+        {"prompt": "sort 5 4", "responses": ["4 5", "4 5", "5", "4 5", "4 4 5"], "ranks": [1, 1, 3, 1, 2]},
+    ]
+    prepared = prepare_ranked(rows, build_tokenizer(), max_length=64).dataset
+    batch = trainer.data_collator(prepared)
+    assert batch["input_ids"].shape[0] == 6  # 3 distinct answers per prompt, not 5
+    assert batch["answer_rows"].tolist() == [0, 1, 0, 2, 1, 3, 3, 4, 3, 5]
+    assert batch["group_sizes"].tolist() == [5, 5]
+
+    trainer.model.eval()  # no dropout: both forwards compute the same function
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    pad = trainer.processing_class.pad_token_id
+    every = pad_right([ids for row in prepared["answer_ids"] for ids in row], pad)  # each of the 10 forwarded
+    rewards = trainer.model(**every).logits
+    expected, _ = ranked_loss(rewards, batch["group_sizes"], batch["ranks"])
+    # float32 rewards of the same tokens in differently padded batches: equal to ~1e-7; abs=1e-6 as above
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_ranked_rows_batch_by_length_by_default(tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    rows = ranked_rows(6)
+    prepared = prepare_ranked(rows, build_tokenizer(), max_length=64).dataset
+    assert prepared["length"] == [max(map(len, ids)) for ids in prepared["answer_ids"]]
+    # a dataset tokenised elsewhere, without the column, gets it
+    trainer = make_trainer(tmp_path, rows)
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    bare = RankedRewardTrainer(
+        model=tiny_classifier(),
+        args=trainer.args,
+        train_dataset=prepared.remove_columns("length"),
+        processing_class=build_tokenizer(),
+    )
+    assert bare.train_dataset["length"] == prepared["length"]
 
 
 def test_collator_mixed_k_right_pads_and_groups():

@@ -6,7 +6,9 @@ wiring for sequence classifiers, metric logging, checkpoints and model cards. On
 
 - `_prepare_dataset`: ranked rows -> `answer_ids` (K token lists per prompt) instead of chosen/rejected ids;
 - the collator flattens each prompt's K answers into consecutive rows, right-padded, so every answer is
-  forwarded exactly once (TRL's pairwise layout forwards an answer once per pair it is in: K-1 times);
+  forwarded exactly once (TRL's pairwise layout forwards an answer once per pair it is in: K-1 times), and an
+  answer sampled twice for the same prompt once: a confident policy's K samples are often identical (half of
+  the demo's), and identical token sequences get identical rewards;
 - `compute_loss` reads one reward per answer and applies `ranked_loss` over all C(K, 2) pairs per prompt.
 """
 
@@ -29,7 +31,7 @@ from .data import RankedReport, check_ranked
 from .loss import ranked_loss
 from .model import encode, pad_right
 
-COLUMNS = ["answer_ids", "ranks", "scores"]
+COLUMNS = ["answer_ids", "ranks", "scores", "length"]
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -97,6 +99,7 @@ def prepare_ranked(
             columns["answer_ids"].append(ids)
             columns["ranks"].append(row["ranks"])
             columns["scores"].append(row["scores"] or [math.nan] * len(ids))
+            columns["length"].append(len(ids[longest]))  # a batch costs its longest row: group_by_length
             out_rows.append(row)
     bad.raise_if_any()
     if not out_rows:
@@ -127,18 +130,30 @@ def _nothing_to_learn(source: str, report: RankedReport, too_long: list[int], ma
 
 @dataclass
 class RankedCollator:
-    """Prompts' answers as consecutive rows (right-padded) + `group_sizes`, `ranks`, `margin_scores`.
+    """Each prompt's distinct answers as rows (right-padded) + per answer `answer_rows`, `ranks`, `margin_scores`,
+    and per prompt `group_sizes` (its K).
 
-    Prompts with different K batch together: `group_sizes` says which rows belong to which prompt.
+    Answer j of the flattened batch (prompt after prompt) is scored by row `answer_rows[j]`: an answer that
+    repeats one of the same prompt shares its row, so it is forwarded once and the loss is unchanged. Prompts
+    with different K batch together: `group_sizes` says which answers belong to which prompt.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = pad_right(
-            [ids for ex in examples for ids in ex["answer_ids"]], self.pad_token_id, self.pad_to_multiple_of
-        )
+        rows: list[Sequence[int]] = []
+        answer_rows: list[int] = []
+        for ex in examples:
+            first: dict[tuple[int, ...], int] = {}  # this prompt's distinct answers -> their row
+            for ids in ex["answer_ids"]:
+                key = tuple(ids)
+                if key not in first:
+                    first[key] = len(rows)
+                    rows.append(ids)
+                answer_rows.append(first[key])
+        batch = pad_right(rows, self.pad_token_id, self.pad_to_multiple_of)
+        batch["answer_rows"] = torch.tensor(answer_rows, dtype=torch.long)
         batch["group_sizes"] = torch.tensor([len(ex["answer_ids"]) for ex in examples], dtype=torch.long)
         batch["ranks"] = torch.tensor([r for ex in examples for r in ex["ranks"]], dtype=torch.long)
         batch["margin_scores"] = torch.tensor(
@@ -172,6 +187,8 @@ class RankedRewardTrainer(AtomicCheckpoints, RewardTrainer):
         dataset_name: str,
     ) -> Dataset:
         if "answer_ids" in dataset.column_names:
+            if "length" not in dataset.column_names:  # tokenised elsewhere: what group_by_length sorts by
+                dataset = dataset.add_column("length", [max(map(len, ids)) for ids in dataset["answer_ids"]])
             return dataset
         return prepare_ranked(
             dataset, processing_class, max_length=args.max_length, source=dataset_name
@@ -192,15 +209,16 @@ class RankedRewardTrainer(AtomicCheckpoints, RewardTrainer):
         outputs = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
         )
+        rewards = outputs.logits[inputs["answer_rows"]] if "answer_rows" in inputs else outputs.logits
         loss, stats = ranked_loss(
-            outputs.logits,
+            rewards,
             inputs["group_sizes"],
             inputs["ranks"],
             inputs.get("margin_scores"),
             margin_scale=self.margin_scale,
             center_coef=self.args.center_rewards_coefficient,
         )
-        self._log_batch(mode, inputs, outputs.logits, stats)
+        self._log_batch(mode, inputs, rewards, stats)
         return (loss, outputs) if return_outputs else loss
 
     def _log_batch(
