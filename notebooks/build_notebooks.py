@@ -132,12 +132,14 @@ plt.title("Right answers score higher than the others to the same prompt"); plt.
     md("""## Step 3: PPO against the reward model
 
 The policy (a LoRA adapter on the SFT model) samples answers, the reward model scores them, and PPO nudges the
-policy towards higher scores. The per-token penalty −β·KL(policy ‖ SFT) keeps it from drifting — β = 1 here:
+policy towards higher scores. The per-token penalty −β·KL(policy ‖ SFT) keeps it from drifting — β = 0.5 here:
 where this small reward model cannot tell answers apart (it is near chance on reversing and de-duplicating) its
-score is noise, and the penalty keeps the policy at SFT's answer there. A little of the pretraining loss
-("PPO-ptx") is mixed in. Policy, value function, reward model and the SFT reference share one copy of the base."""),
+score is noise, and the penalty keeps the policy near SFT's answer there. A little of the pretraining loss
+("PPO-ptx") is mixed in. Policy, reward model and the SFT reference share one copy of the base; the value function
+is a head on the policy's last hidden state (`critic: head`), so one forward gives both logits and values."""),
     code("""ppo = PPORecipe.from_yaml(CONFIGS / "ppo_chat.yaml", model_name_or_path=sft_dir, reward_model_path=rm.output_dir,
-                          output_dir=str(run / "ppo"), max_steps=PPO_UPDATES, kl_coef=1.0, ptx_coef=0.05,
+                          output_dir=str(run / "ppo"), max_steps=PPO_UPDATES, kl_coef=0.5, ptx_coef=0.05,
+                          critic="head",
                           temperature=TEMPERATURE, eval_gold_prompts=0, seed=SEED).run()
 history = [h for h in json.loads(Path(ppo.output_dir, "log_history.json").read_text()) if "objective/scores" in h]
 fig, axes = plt.subplots(1, 3, figsize=(12, 3))

@@ -407,7 +407,8 @@ def test_demo_config_is_the_chat_pipeline_cut_short_and_validates(tmp_path):
         0.7,
         True,
     )
-    assert cfg.ppo["kl_coef"] == 1.0 and cfg.ppo["max_steps"] == 30 and cfg.reward["num_train_epochs"] == 4
+    assert cfg.ppo["kl_coef"] == 0.5 and cfg.ppo["max_steps"] == 30 and cfg.reward["num_train_epochs"] == 4
+    assert cfg.ppo["critic"] == "head"
     pipeline.validate()
     assert not (tmp_path / "demo").exists()  # validating writes nothing
 
