@@ -353,6 +353,7 @@ class RLHFPipeline:
             max_new_tokens=cfg.sample_max_new_tokens,
             seed=cfg.seed + round_index,
             include_greedy=cfg.sample_include_greedy,
+            draws=cfg.sample_draws,
         )
         rows, _ = drop_empty_answers(rows)
         return rows

@@ -360,6 +360,39 @@ def test_comparison_prompts_feed_the_one_sampler_and_the_labeller(random_chat_po
         assert row["ranks"] == [sorted(set(scores), reverse=True).index(s) + 1 for s in scores]
 
 
+def test_draws_give_the_labeller_k_different_answers_greedy_first(random_chat_policy):
+    model, tokenizer = random_chat_policy
+    prompts = TASK.prompts(8, seed=4)
+    common = dict(
+        max_new_tokens=1, seed=5, include_greedy=True
+    )  # one-token answers at T = 0.2: repeats are common
+    # the same 8 samples per prompt (same seed, same batch), first without dropping repeats
+    every = sample_answers(model, tokenizer, prompts, 9, temperature=0.2, **common)
+    rows = sample_answers(model, tokenizer, prompts, 3, draws=8, temperature=0.2, **common)
+    for row, full in zip(rows, every, strict=True):
+        assert row["responses"] == list(dict.fromkeys(full["responses"]))[:3]
+    assert any(len(set(f["responses"][:3])) < 3 for f in every)  # repeats that draws replaced ...
+    assert all(len(set(r["responses"])) == 3 for r in rows)  # ... by different answers
+    # a policy that always says the same: K copies of it, which the labeller ties and the reward stage drops
+    sure = sample_answers(model, tokenizer, prompts, 3, draws=4, temperature=1e-4, **common)
+    assert all(r["responses"] == [r["responses"][0]] * 3 for r in sure)
+    with pytest.raises(ValueError, match="sample_draws"):
+        sample_answers(model, tokenizer, prompts, 4, draws=2, **common)  # 3 samples needed besides greedy
+
+
+def test_pipeline_config_refuses_fewer_draws_than_samples():
+    from rlhf_hf import RewardRecipeConfig
+    from rlhf_hf.pipeline_config import PipelineConfig
+
+    assert PipelineConfig(sample_k=4, sample_include_greedy=True, sample_draws=3).sample_draws == 3
+    with pytest.raises(ValueError, match="sample_draws"):
+        PipelineConfig(sample_k=4, sample_draws=3)
+    with pytest.raises(ValueError, match="sample_k"):
+        PipelineConfig(sample_k=1)
+    with pytest.raises(ValueError, match="sample_draws"):
+        RewardRecipeConfig(sample_k=4, sample_draws=2, output_dir="unused", report_to="none")
+
+
 # ---------------------------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
 def test_chat_stage_configs_name_the_chat_task_and_its_data(stage):

@@ -100,6 +100,13 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
             "help": "One of the K answers is the policy's greedy answer (ranked against the sampled ones)."
         },
     )
+    sample_draws: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sample this many answers per prompt and rank the first `sample_k` different ones (None: K "
+            "samples, repeats kept)."
+        },
+    )
     eval_gold_prompts: int = field(
         default=200,
         metadata={"help": "Held-out prompts for gold pair accuracy (with `labeller` and `task`; 0 = off)."},
@@ -121,6 +128,11 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
             raise ValueError(f"labeller must be one of {list(LABELLERS)} or null, got {self.labeller!r}")
         if self.labeller == "simulated" and self.task is None:
             raise ValueError("labeller: simulated ranks by a task's gold judge: set `task` (e.g. tiny-sort)")
+        sampled = self.sample_k - 1 if self.sample_include_greedy else self.sample_k
+        if self.sample_draws is not None and self.sample_draws < sampled:
+            raise ValueError(
+                f"sample_draws ({self.sample_draws}) must be at least the {sampled} sampled answers of the K"
+            )
         if self.ties not in TIES:
             raise ValueError(f"ties must be one of {list(TIES)}, got {self.ties!r}")
         if self.dataset_format is not None and self.dataset_format not in RANKED_FORMATS:
@@ -265,6 +277,7 @@ class RewardRecipe(Recipe):
                 batch_size=cfg.sample_batch_size,
                 progress=not cfg.disable_tqdm,
                 include_greedy=cfg.sample_include_greedy,
+                draws=cfg.sample_draws,
             )
             return drop_empty_answers(rows)
 

@@ -31,6 +31,7 @@ def sample_answers(
     batch_size: int = 256,
     progress: bool = False,
     include_greedy: bool = False,
+    draws: int | None = None,
 ) -> list[dict]:
     """`[{"prompt", "responses": [K answers]}]`, one row per prompt, in prompt order.
 
@@ -38,10 +39,20 @@ def sample_answers(
     `include_greedy`: the first of the K is the policy's greedy answer, the answer it is served with, so the
     labeller ranks it against alternatives and the reward model learns where that answer is wrong (sampled
     answers alone rarely contain it against a better one where it matters; benchmarks/DIAGNOSIS.md).
+    `draws`: sample this many answers per prompt and keep the first K *different* ones (the greedy answer first),
+    so labellers rank K answers that differ where the policy has them: a confident policy's K samples are often
+    one answer repeated, which gives no comparison (on the demo's SFT model 39 % of prompts). A prompt with a
+    single distinct answer keeps K copies of it (all tied: the reward stage drops and counts it).
     """
     if k < 2:
         raise ValueError(f"sample_k must be >= 2 to have something to compare, got {k}")
     n_sampled = k - 1 if include_greedy else k
+    if draws is not None:
+        if draws < n_sampled:
+            raise ValueError(
+                f"sample_draws ({draws}) must be at least the {n_sampled} sampled answers of the K"
+            )
+        n_sampled = draws
     repeated = [p for p in prompts for _ in range(n_sampled)]
     torch.manual_seed(seed)
     common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
@@ -52,7 +63,11 @@ def sample_answers(
     rows = []
     for i, prompt in enumerate(prompts):
         sampled = answers[i * n_sampled : (i + 1) * n_sampled]
-        rows.append({"prompt": prompt, "responses": [greedy[i], *sampled] if include_greedy else sampled})
+        responses = [greedy[i], *sampled] if include_greedy else sampled
+        if draws is not None:
+            distinct = list(dict.fromkeys(responses))
+            responses = distinct[:k] if len(distinct) >= 2 else responses[:k]
+        rows.append({"prompt": prompt, "responses": responses})
     return rows
 
 
