@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from .reward.sampling import samples_per_prompt
+
 
 @dataclass
 class PipelineConfig:
@@ -29,7 +31,7 @@ class PipelineConfig:
     sample_temperature: float = 1.0  # the training temperature: comparisons, PPO's samples, the report
     sample_include_greedy: bool = False  # one of the K is the policy's greedy answer (see sample_answers)
     sample_draws: int | None = (
-        None  # sample this many per prompt, rank the first K different ones (sample_answers)
+        None  # sample this many per prompt, rank the first K different (sample_answers)
     )
     # Multi-turn prompts: the policy writes the earlier assistant turns and a random turn is compared (ChatGPT's
     # comparison data; see conversation_prompts) instead of ranking the dataset's last turn after its own answers.
@@ -46,13 +48,7 @@ class PipelineConfig:
     config_file: str | None = None  # the pipeline YAML itself: errors in its stage sections name it
 
     def __post_init__(self) -> None:
-        if self.sample_k < 2:
-            raise ValueError(f"sample_k must be >= 2 to have something to compare, got {self.sample_k}")
-        sampled = self.sample_k - 1 if self.sample_include_greedy else self.sample_k
-        if self.sample_draws is not None and self.sample_draws < sampled:
-            raise ValueError(
-                f"sample_draws ({self.sample_draws}) must be at least the {sampled} sampled answers of the K"
-            )
+        samples_per_prompt(self.sample_k, self.sample_include_greedy, self.sample_draws)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:

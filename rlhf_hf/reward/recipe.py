@@ -33,7 +33,7 @@ from ..validation import DataError, validate_prompts
 from .loaders import RANKED_FORMATS, ranked_source_rows
 from .metrics import ranking_metrics
 from .model import load_reward_model, reward_stats, score_ids, write_stats
-from .sampling import drop_empty_answers, rank_with, sample_answers
+from .sampling import drop_empty_answers, rank_with, sample_answers, samples_per_prompt
 from .trainer import PreparedRanked, RankedRewardTrainer, prepare_ranked
 
 logger = logging.getLogger(__name__)
@@ -128,11 +128,7 @@ class RewardRecipeConfig(RecipeArgs, RewardConfig, ModelConfig):
             raise ValueError(f"labeller must be one of {list(LABELLERS)} or null, got {self.labeller!r}")
         if self.labeller == "simulated" and self.task is None:
             raise ValueError("labeller: simulated ranks by a task's gold judge: set `task` (e.g. tiny-sort)")
-        sampled = self.sample_k - 1 if self.sample_include_greedy else self.sample_k
-        if self.sample_draws is not None and self.sample_draws < sampled:
-            raise ValueError(
-                f"sample_draws ({self.sample_draws}) must be at least the {sampled} sampled answers of the K"
-            )
+        samples_per_prompt(self.sample_k, self.sample_include_greedy, self.sample_draws)
         if self.ties not in TIES:
             raise ValueError(f"ties must be one of {list(TIES)}, got {self.ties!r}")
         if self.dataset_format is not None and self.dataset_format not in RANKED_FORMATS:

@@ -18,6 +18,17 @@ from ..generation import Prompt, generate
 Labeller = Callable[[Prompt, Sequence[str]], list[int]]
 
 
+def samples_per_prompt(k: int, include_greedy: bool = False, draws: int | None = None) -> int:
+    """How many answers `sample_answers` samples per prompt; raises for a K or `draws` it cannot serve (configs call
+    it too, so a bad value fails before any model loads)."""
+    if k < 2:
+        raise ValueError(f"sample_k must be >= 2 to have something to compare, got {k}")
+    needed = k - 1 if include_greedy else k
+    if draws is not None and draws < needed:
+        raise ValueError(f"sample_draws ({draws}) must be at least the {needed} sampled answers of the K")
+    return needed if draws is None else draws
+
+
 def sample_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -44,15 +55,7 @@ def sample_answers(
     one answer repeated, which gives no comparison (on the demo's SFT model 39 % of prompts). A prompt with a
     single distinct answer keeps K copies of it (all tied: the reward stage drops and counts it).
     """
-    if k < 2:
-        raise ValueError(f"sample_k must be >= 2 to have something to compare, got {k}")
-    n_sampled = k - 1 if include_greedy else k
-    if draws is not None:
-        if draws < n_sampled:
-            raise ValueError(
-                f"sample_draws ({draws}) must be at least the {n_sampled} sampled answers of the K"
-            )
-        n_sampled = draws
+    n_sampled = samples_per_prompt(k, include_greedy, draws)
     repeated = [p for p in prompts for _ in range(n_sampled)]
     torch.manual_seed(seed)
     common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
