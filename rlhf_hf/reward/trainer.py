@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import RewardConfig, RewardTrainer
 
 from ..outputs import AtomicCheckpoints
@@ -193,6 +194,19 @@ class RankedRewardTrainer(AtomicCheckpoints, RewardTrainer):
         return prepare_ranked(
             dataset, processing_class, max_length=args.max_length, source=dataset_name
         ).dataset
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler | None:
+        """transformers groups lengths per *device* batch; grouped per global batch instead, the order of prompts
+        and so the run does not depend on how many processes share a batch (2 x 8 trains as 1 x 16)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "length" not in dataset.column_names:
+            return super()._get_train_sampler(train_dataset)
+        global_batch = (
+            self.args.per_device_train_batch_size
+            * self.args.gradient_accumulation_steps
+            * self.accelerator.num_processes
+        )
+        return LengthGroupedSampler(global_batch, lengths=dataset["length"])
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
