@@ -30,9 +30,8 @@ class PipelineConfig:
     sample_k: int = 4
     sample_temperature: float = 1.0  # the training temperature: comparisons, PPO's samples, the report
     sample_include_greedy: bool = False  # one of the K is the policy's greedy answer (see sample_answers)
-    sample_draws: int | None = (
-        None  # sample this many per prompt, rank the first K different (sample_answers)
-    )
+    # sample this many answers per prompt and rank the first K different ones (see sample_answers)
+    sample_draws: int | None = None
     # Multi-turn prompts: the policy writes the earlier assistant turns and a random turn is compared (ChatGPT's
     # comparison data; see conversation_prompts) instead of ranking the dataset's last turn after its own answers.
     sample_policy_turns: bool = False

@@ -198,9 +198,9 @@ class RankedRewardTrainer(AtomicCheckpoints, RewardTrainer):
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler | None:
         """transformers groups lengths per *device* batch; grouped per global batch instead, the order of prompts
         and so the run does not depend on how many processes share a batch (2 x 8 trains as 1 x 16)."""
-        dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or "length" not in dataset.column_names:
+        if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset  # `length`: _prepare_dataset
         global_batch = (
             self.args.per_device_train_batch_size
             * self.args.gradient_accumulation_steps
